@@ -1,0 +1,94 @@
+-- entitled: the database schema, version 1.
+--
+-- This file is the one source of the schema: the daemon embeds it and runs it on an
+-- empty file. Read it to find your way around `sqlite3 entitled.db` while the daemon
+-- runs (WAL mode: your session never blocks ingestion, even a long read).
+--
+-- Times are TEXT in RFC 3339 UTC with exactly six fraction digits and a `Z`
+-- (`2031-03-05T09:10:11.123456Z`): readable at the prompt, and sortable as text.
+-- Booleans are INTEGER 0/1.
+--
+-- Try:
+--   SELECT * FROM active_entitlements;
+--   SELECT event_datetime, event_type, environment FROM events
+--     WHERE profile_id = '…' ORDER BY event_datetime;
+--   SELECT json_extract(body, '$.event_properties.vendor_product_id') FROM events LIMIT 5;
+
+PRAGMA application_id = 1701737572; -- 0x656e7464, "entd": refuse foreign files
+PRAGMA user_version = 1;            -- schema version; later versions are upgrade steps
+
+-- Every webhook event ever acknowledged, raw, exactly as received. Append-only: the
+-- entitlements below are a function of this table and the configuration
+-- (`--event-names`, `--product-levels`, `--sandbox`).
+CREATE TABLE events (
+    seq              INTEGER PRIMARY KEY,   -- arrival order (1, 2, 3, …)
+    profile_event_id TEXT NOT NULL UNIQUE,  -- Adapty's dedup key; 'sha256:<hex of body>' when absent
+    profile_id       TEXT NOT NULL,
+    customer_user_id TEXT,                  -- as the event carried it (NULL when it had none)
+    event_type       TEXT NOT NULL,         -- as received (may be a name renamed in Adapty's dashboard)
+    canonical_type   TEXT,                  -- Adapty's canonical name; NULL when no name map knows it
+    event_datetime   TEXT NOT NULL,         -- when Adapty says it happened: the projection's order
+    received_at      TEXT NOT NULL,         -- when this daemon stored it
+    environment      TEXT,                  -- 'Production', 'Sandbox', or NULL when absent
+    body             TEXT NOT NULL          -- the request body, byte for byte
+) STRICT;
+
+CREATE INDEX events_by_profile ON events (profile_id, event_datetime);
+
+-- One row per profile ever seen, with the customer_user_id of its newest event that
+-- carried one (a NULL never erases a known id).
+CREATE TABLE profiles (
+    profile_id          TEXT PRIMARY KEY,
+    customer_user_id    TEXT,
+    customer_user_id_at TEXT,               -- event_datetime of the event that set it
+    customer_user_id_event TEXT             -- profile_event_id of that event (tie-break)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX profiles_by_customer_user_id ON profiles (customer_user_id)
+    WHERE customer_user_id IS NOT NULL;
+
+-- The projection: one row per (profile, access level), the fold of that level's
+-- events in order (event_datetime, then the tie-break in README "How access is
+-- decided"). `is_active` is what the newest event said; whether access holds *now*
+-- also depends on the clock: see the view active_entitlements.
+CREATE TABLE entitlements (
+    profile_id        TEXT NOT NULL,
+    access_level_id   TEXT NOT NULL,
+    is_active         INTEGER NOT NULL,     -- granted by the newest event (before the clock)
+    expires_at        TEXT,                 -- access ends here; NULL: no end (lifetime)
+    starts_at         TEXT,                 -- access begins here; NULL: already began
+    will_renew        INTEGER NOT NULL,
+    is_lifetime       INTEGER NOT NULL,
+    in_grace_period   INTEGER NOT NULL,
+    is_refund         INTEGER NOT NULL,
+    store             TEXT,
+    vendor_product_id TEXT,
+    environment       TEXT,
+    last_event_id     TEXT NOT NULL,        -- profile_event_id of the newest event folded in
+    last_event_type   TEXT NOT NULL,        -- its canonical type
+    last_event_at     TEXT NOT NULL,        -- its event_datetime
+    PRIMARY KEY (profile_id, access_level_id)
+) STRICT, WITHOUT ROWID;
+
+-- What the read API answers, for a person at the prompt: the levels that grant access
+-- at this instant: active, and (lifetime, or no expires_at, or now < expires_at), and
+-- starts_at <= now when given. A refunded lifetime purchase is not active.
+CREATE VIEW active_entitlements AS
+SELECT e.profile_id,
+       p.customer_user_id,
+       e.access_level_id,
+       e.expires_at,
+       e.is_lifetime,
+       e.will_renew,
+       e.in_grace_period,
+       e.store,
+       e.vendor_product_id,
+       e.environment,
+       e.last_event_type,
+       e.last_event_at
+FROM entitlements AS e
+LEFT JOIN profiles AS p USING (profile_id)
+WHERE e.is_active = 1
+  AND (e.is_lifetime = 1 OR e.expires_at IS NULL
+       OR e.expires_at > strftime('%Y-%m-%dT%H:%M:%f000Z', 'now'))
+  AND (e.starts_at IS NULL OR e.starts_at <= strftime('%Y-%m-%dT%H:%M:%f000Z', 'now'));

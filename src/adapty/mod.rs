@@ -1,0 +1,244 @@
+//! The wire format: a webhook body in, a verification request or an [`Event`] out.
+//!
+//! Lenient where Adapty varies (unknown fields, nulls, missing keys, `+0000` offsets,
+//! ids that are not uuids, money of any shape: we read no money at all) and strict
+//! where the projection would otherwise guess: a field it needs, present with the
+//! wrong type, refuses the whole body with a [`ParseError`] naming the field.
+
+pub mod datetime;
+pub mod names;
+
+use crate::projection::{Event, EventType, Snapshot};
+use crate::timestamp::Timestamp;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+pub use names::EventNames;
+
+/// What a webhook body is.
+#[derive(Debug)]
+pub enum Webhook {
+    /// Adapty's check when the user presses Save: `{}` now, `{"adapty_check": s}` in
+    /// the older generation, which wants `s` echoed back.
+    Verification {
+        adapty_check: Option<Value>,
+    },
+    Event(Box<ReceivedEvent>),
+}
+
+/// An event as the `events` table keeps it.
+#[derive(Debug)]
+pub struct ReceivedEvent {
+    pub event: Event,
+    /// `event_type` exactly as received, before any name mapping.
+    pub received_type: String,
+    /// The body, byte for byte.
+    pub body: String,
+}
+
+/// Why a body can never be processed. Adapty does not retry these (4xx).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("the body is not JSON: {0}")]
+    InvalidJson(String),
+    #[error("the body is JSON but not an object")]
+    NotAnObject,
+    #[error("`{0}` is missing")]
+    MissingField(&'static str),
+    #[error("`{field}` must be {expected}")]
+    InvalidField {
+        field: String,
+        expected: &'static str,
+    },
+}
+
+impl ParseError {
+    /// The stable machine code of the error, as the API answers it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ParseError::InvalidJson(_) => "invalid_json",
+            ParseError::NotAnObject => "not_an_object",
+            ParseError::MissingField(_) => "missing_field",
+            ParseError::InvalidField { .. } => "invalid_field",
+        }
+    }
+}
+
+/// Parses a webhook body. `names` resolves `event_type` to a canonical type.
+pub fn parse(body: &[u8], names: &EventNames) -> Result<Webhook, ParseError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| ParseError::InvalidJson(e.to_string()))?;
+    let Value::Object(top) = value else {
+        return Err(ParseError::NotAnObject);
+    };
+    let props = match top.get("event_properties") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(props)) => Some(props),
+        Some(_) => return Err(invalid("event_properties", "an object")),
+    };
+    let fields = Fields { top: &top, props };
+
+    let received_type = fields.envelope_str("event_type")?;
+    let profile_id = fields.envelope_str("profile_id")?;
+    let (received_type, profile_id) = match (received_type, profile_id) {
+        (None, None) => {
+            return Ok(Webhook::Verification {
+                adapty_check: top.get("adapty_check").cloned(),
+            })
+        }
+        (None, Some(_)) => return Err(ParseError::MissingField("event_type")),
+        (Some(_), None) => return Err(ParseError::MissingField("profile_id")),
+        (Some(t), Some(p)) => (t.to_owned(), p),
+    };
+    let event_datetime = fields
+        .envelope_datetime("event_datetime")?
+        .ok_or(ParseError::MissingField("event_datetime"))?;
+    let event_type = names.resolve(&received_type);
+    let id = match fields.id("profile_event_id")? {
+        Some(id) => id,
+        None => format!("sha256:{:x}", Sha256::digest(body)),
+    };
+    let snapshot = match event_type {
+        Some(EventType::AccessLevelUpdated) => fields.snapshot()?,
+        _ => None,
+    };
+    let event = Event {
+        id: Arc::from(id),
+        profile_id: Arc::from(profile_id),
+        customer_user_id: fields.envelope_id("customer_user_id")?.map(Arc::from),
+        event_type,
+        event_datetime,
+        environment: fields.str("environment")?.map(Arc::from),
+        store: fields.str("store")?.map(Arc::from),
+        vendor_product_id: fields.id("vendor_product_id")?.map(Arc::from),
+        subscription_expires_at: fields.datetime("subscription_expires_at")?,
+        cancellation_reason: fields.str("cancellation_reason")?.map(Arc::from),
+        snapshot,
+    };
+    let body =
+        String::from_utf8(body.to_vec()).map_err(|e| ParseError::InvalidJson(e.to_string()))?;
+    Ok(Webhook::Event(Box::new(ReceivedEvent {
+        event,
+        received_type,
+        body,
+    })))
+}
+
+fn invalid(field: &str, expected: &'static str) -> ParseError {
+    ParseError::InvalidField {
+        field: field.to_owned(),
+        expected,
+    }
+}
+
+/// Where a field is looked up: event-specific fields in `event_properties` first and
+/// the top level as a fallback (one old page puts them there); envelope fields the
+/// other way round. A missing key and an explicit `null` are the same.
+struct Fields<'a> {
+    top: &'a Map<String, Value>,
+    props: Option<&'a Map<String, Value>>,
+}
+
+impl<'a> Fields<'a> {
+    fn lookup(&self, name: &str, envelope: bool) -> Option<(String, &'a Value)> {
+        let in_props = || {
+            let v = self.props?.get(name).filter(|v| !v.is_null())?;
+            Some((format!("event_properties.{name}"), v))
+        };
+        let in_top = || {
+            let v = self.top.get(name).filter(|v| !v.is_null())?;
+            Some((name.to_owned(), v))
+        };
+        if envelope {
+            in_top().or_else(in_props)
+        } else {
+            in_props().or_else(in_top)
+        }
+    }
+
+    fn string(&self, name: &str, envelope: bool) -> Result<Option<&'a str>, ParseError> {
+        match self.lookup(name, envelope) {
+            None => Ok(None),
+            Some((_, Value::String(s))) if s.trim().is_empty() => Ok(None),
+            Some((_, Value::String(s))) => Ok(Some(s)),
+            Some((field, _)) => Err(invalid(&field, "a string")),
+        }
+    }
+
+    /// Ids are strings in every sample, but nothing is gained by refusing a number.
+    fn identifier(&self, name: &str, envelope: bool) -> Result<Option<String>, ParseError> {
+        match self.lookup(name, envelope) {
+            Some((_, Value::Number(n))) => Ok(Some(n.to_string())),
+            _ => Ok(self.string(name, envelope)?.map(str::to_owned)),
+        }
+    }
+
+    fn date_time(&self, name: &str, envelope: bool) -> Result<Option<Timestamp>, ParseError> {
+        let Some((field, value)) = self.lookup(name, envelope) else {
+            return Ok(None);
+        };
+        const EXPECTED: &str = "a datetime such as 2031-03-05T09:10:11.123456+0000";
+        match value {
+            Value::String(s) if s.trim().is_empty() => Ok(None),
+            Value::String(s) => datetime::parse(s)
+                .map(Some)
+                .ok_or_else(|| invalid(&field, EXPECTED)),
+            _ => Err(invalid(&field, EXPECTED)),
+        }
+    }
+
+    fn envelope_str(&self, name: &str) -> Result<Option<&'a str>, ParseError> {
+        self.string(name, true)
+    }
+
+    fn envelope_id(&self, name: &str) -> Result<Option<String>, ParseError> {
+        self.identifier(name, true)
+    }
+
+    fn envelope_datetime(&self, name: &str) -> Result<Option<Timestamp>, ParseError> {
+        self.date_time(name, true)
+    }
+
+    fn str(&self, name: &str) -> Result<Option<&'a str>, ParseError> {
+        self.string(name, false)
+    }
+
+    fn id(&self, name: &str) -> Result<Option<String>, ParseError> {
+        self.identifier(name, false)
+    }
+
+    fn datetime(&self, name: &str) -> Result<Option<Timestamp>, ParseError> {
+        self.date_time(name, false)
+    }
+
+    fn bool(&self, name: &str) -> Result<Option<bool>, ParseError> {
+        match self.lookup(name, false) {
+            None => Ok(None),
+            Some((_, Value::Bool(b))) => Ok(Some(*b)),
+            Some((field, _)) => Err(invalid(&field, "true or false")),
+        }
+    }
+
+    /// The snapshot of an `access_level_updated`, or `None` when it names no level or
+    /// does not say whether it is active: such an event is stored but decides nothing.
+    fn snapshot(&self) -> Result<Option<Snapshot>, ParseError> {
+        let access_level_id = self.id("access_level_id")?;
+        let is_active = self.bool("is_active")?;
+        let snapshot = Snapshot {
+            access_level_id: Arc::from(access_level_id.unwrap_or_default()),
+            is_active: is_active.unwrap_or(false),
+            expires_at: self.datetime("expires_at")?,
+            starts_at: self.datetime("starts_at")?,
+            will_renew: self.bool("will_renew")?.unwrap_or(false),
+            is_lifetime: self.bool("is_lifetime")?.unwrap_or(false),
+            is_in_grace_period: self.bool("is_in_grace_period")?.unwrap_or(false),
+            is_refund: self.bool("is_refund")?.unwrap_or(false),
+        };
+        let complete = !snapshot.access_level_id.is_empty() && is_active.is_some();
+        Ok(complete.then_some(snapshot))
+    }
+}
+
+#[cfg(test)]
+mod tests;

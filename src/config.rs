@@ -1,0 +1,214 @@
+//! Configuration: one clap struct per subcommand, every flag with an `ENTITLED_*`
+//! environment twin. `entitled serve --help` is the reference; README agrees with it.
+
+use crate::adapty::EventNames;
+use crate::projection::{Rules, SandboxPolicy};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use secrecy::SecretString;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "entitled",
+    version,
+    about = "Adapty webhooks in, \"is this user premium right now?\" out."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: receive webhooks, answer access lookups.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. The default is loopback: put a TLS proxy in front.
+    #[arg(long, env = "ENTITLED_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// The exact `Authorization` value Adapty sends to the production endpoint.
+    /// Unset (and no sandbox token): the webhook is open, with a warning at start.
+    #[arg(long, env = "ENTITLED_WEBHOOK_TOKEN", value_parser = secret, hide_env_values = true)]
+    pub webhook_token: Option<SecretString>,
+
+    /// The exact `Authorization` value Adapty sends to the sandbox endpoint. A request
+    /// it authorizes may carry sandbox events only.
+    #[arg(long, env = "ENTITLED_SANDBOX_WEBHOOK_TOKEN", value_parser = secret, hide_env_values = true)]
+    pub sandbox_webhook_token: Option<SecretString>,
+
+    /// Token the read API requires as `Authorization: Bearer <token>`. Unset: reads
+    /// are open (the default listen address is loopback).
+    #[arg(long, env = "ENTITLED_READ_TOKEN", value_parser = secret, hide_env_values = true)]
+    pub read_token: Option<SecretString>,
+
+    #[command(flatten)]
+    pub projection: ProjectionArgs,
+
+    /// Log format on stderr; the level comes from RUST_LOG (default: info).
+    #[arg(long, env = "ENTITLED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Where the database is and how hard it holds on to a commit.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// The SQLite file; created with schema.sql when missing.
+    #[arg(long, env = "ENTITLED_DB", default_value = "entitled.db")]
+    pub db: PathBuf,
+
+    /// SQLite `synchronous`. `full` (default) survives power loss with every
+    /// acknowledged event; `normal` survives a crash of the process but may lose the
+    /// last commits on power loss, and Adapty never resends what we acknowledged.
+    #[arg(long, env = "ENTITLED_SYNCHRONOUS", value_enum, default_value_t = Synchronous::Full)]
+    pub synchronous: Synchronous,
+}
+
+/// What decides how events become access: the same events under other values here
+/// give other entitlements (a later `rebuild` recomputes them).
+#[derive(Debug, Clone, Args)]
+pub struct ProjectionArgs {
+    /// Renamed Adapty events back to canonical ones: `custom=canonical,...`.
+    #[arg(long, env = "ENTITLED_EVENT_NAMES", value_parser = event_names, default_value = "")]
+    pub event_names: EventNames,
+
+    /// Which access level each product grants: `product_id=level,...`. Subscription
+    /// products not listed grant `premium`; one-time purchases grant lifetime access
+    /// only when listed (so consumables grant nothing).
+    #[arg(long, env = "ENTITLED_PRODUCT_LEVELS", value_parser = product_levels, default_value = "")]
+    pub product_levels: ProductLevels,
+
+    /// `grant`: sandbox events count like production ones. `ignore`: they are kept in
+    /// the event log but change no access.
+    #[arg(long, env = "ENTITLED_SANDBOX", value_enum, default_value_t = SandboxPolicy::Grant)]
+    pub sandbox: SandboxPolicy,
+}
+
+impl ProjectionArgs {
+    pub fn rules(&self) -> Rules {
+        Rules::new(self.product_levels.0.clone(), self.sandbox)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `--product-levels`, parsed.
+#[derive(Debug, Clone, Default)]
+pub struct ProductLevels(pub HashMap<Arc<str>, Arc<str>>);
+
+fn secret(value: &str) -> Result<SecretString, String> {
+    if value.trim().is_empty() {
+        return Err("a token must not be empty (leave the flag out to disable it)".into());
+    }
+    Ok(SecretString::from(value))
+}
+
+/// `a=b,c=d` into pairs; empty input is no pairs.
+fn pairs(value: &str) -> Result<Vec<(&str, &str)>, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| match item.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => {
+                Ok((k.trim(), v.trim()))
+            }
+            _ => Err(format!("'{item}' is not of the form name=value")),
+        })
+        .collect()
+}
+
+fn event_names(value: &str) -> Result<EventNames, String> {
+    EventNames::new(pairs(value)?)
+}
+
+fn product_levels(value: &str) -> Result<ProductLevels, String> {
+    let mut map = HashMap::new();
+    for (product, level) in pairs(value)? {
+        if map.insert(Arc::from(product), Arc::from(level)).is_some() {
+            return Err(format!("product '{product}' is listed twice"));
+        }
+    }
+    Ok(ProductLevels(map))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let argv = ["entitled", "serve"]
+            .into_iter()
+            .chain(args.iter().copied());
+        Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::Serve(args) => args,
+        })
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let args = serve(&[]).unwrap();
+        assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(args.store.db, PathBuf::from("entitled.db"));
+        assert_eq!(args.store.synchronous, Synchronous::Full);
+        assert_eq!(args.projection.sandbox, SandboxPolicy::Grant);
+        assert!(args.webhook_token.is_none() && args.read_token.is_none());
+    }
+
+    #[test]
+    fn parses_the_maps() {
+        let args = serve(&[
+            "--product-levels",
+            "com.app.pro_yearly=pro, coins_100=coins",
+            "--event-names",
+            "my_renewal=subscription_renewed",
+        ])
+        .unwrap();
+        let levels = &args.projection.product_levels.0;
+        assert_eq!(levels.get("com.app.pro_yearly").map(|l| &**l), Some("pro"));
+        assert_eq!(levels.len(), 2);
+    }
+
+    #[test]
+    fn bad_values_are_errors_that_say_what_is_wrong() {
+        for (args, says) in [
+            (vec!["--listen", "localhost"], "--listen"),
+            (vec!["--product-levels", "monthly"], "name=value"),
+            (vec!["--product-levels", "a=x,a=y"], "listed twice"),
+            (
+                vec!["--event-names", "x=not_a_type"],
+                "not an Adapty event type",
+            ),
+            (vec!["--sandbox", "maybe"], "--sandbox"),
+            (vec!["--webhook-token", " "], "must not be empty"),
+        ] {
+            let err = serve(&args).unwrap_err().to_string();
+            assert!(err.contains(says), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let args = serve(&["--webhook-token", "hunter2-secret"]).unwrap();
+        assert!(!format!("{args:?}").contains("hunter2-secret"));
+    }
+}

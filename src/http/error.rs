@@ -1,0 +1,103 @@
+//! The one error type of the HTTP boundary. Every variant says its status; every
+//! body is JSON `{"error": <stable code>, "message": <for people>}`. Bad input stays
+//! in 400–404, which Adapty does not retry; what may pass (a busy or failing disk)
+//! is a 503, which it does.
+
+use crate::adapty::ParseError;
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the body can never be processed.
+    #[error(transparent)]
+    Malformed(#[from] ParseError),
+    /// 400, not 413: Adapty retries a 413, and a body this large will not shrink.
+    #[error("the body is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    /// 400: the connection broke or timed out before the body was complete.
+    #[error("the body could not be read: {0}")]
+    UnreadableBody(String),
+    /// 400: a query string or path the route cannot read.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: the token is missing or wrong.
+    #[error("the Authorization header is missing or wrong")]
+    Unauthorized,
+    /// 403: the sandbox token may only deliver sandbox events.
+    #[error("the sandbox token cannot deliver a Production event")]
+    SandboxTokenForProduction,
+    /// 404.
+    #[error("no such route")]
+    NotFound,
+    /// 405.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 503: more events are waiting for the writer than it takes.
+    #[error("too many events are waiting to be stored; retry shortly")]
+    Saturated,
+    /// 503: the store failed or did not answer in time. The cause is in the log
+    /// under `reference`; the event may or may not be stored, and a retry is safe.
+    #[error("the event could not be stored now; retry (reference {reference})")]
+    StoreUnavailable { reference: String },
+}
+
+impl ApiError {
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::Malformed(e) => e.code(),
+            ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::UnreadableBody(_) => "unreadable_body",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::SandboxTokenForProduction => "sandbox_token_for_production",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Saturated => "saturated",
+            ApiError::StoreUnavailable { .. } => "store_unavailable",
+        }
+    }
+
+    /// A 503 whose cause is logged here, once, under a reference the body repeats.
+    pub fn store_unavailable(cause: &dyn std::fmt::Display) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let reference = format!(
+            "{:x}-{}",
+            crate::timestamp::Timestamp::now().as_micros(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        tracing::error!(%reference, error = %cause, "store unavailable; answering 503");
+        ApiError::StoreUnavailable { reference }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Malformed(_)
+            | ApiError::BodyTooLarge { .. }
+            | ApiError::UnreadableBody(_)
+            | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::SandboxTokenForProduction => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Saturated | ApiError::StoreUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if self.status_code() == StatusCode::SERVICE_UNAVAILABLE {
+            response.insert_header((header::RETRY_AFTER, "5"));
+        }
+        if matches!(self, ApiError::Unauthorized) {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        response.json(json!({"error": self.code(), "message": self.to_string()}))
+    }
+}

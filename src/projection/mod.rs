@@ -1,0 +1,419 @@
+//! The projection: events in, access-level state out. Pure: no I/O, no clock.
+//!
+//! The state of one `(profile, access level)` is the fold of that level's events in
+//! [`order_key`] order, whatever order they arrived in. The store folds a new event
+//! onto the saved state when it sorts after every event already folded in, and
+//! refolds the level from the event log otherwise; both give [`project`]'s answer.
+//! README "How access is decided" tells the same rules in prose.
+
+mod event;
+#[cfg(test)]
+mod tests;
+
+pub use event::{Event, EventType, Snapshot};
+
+use crate::timestamp::Timestamp;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// The level a lifecycle event grants when `--product-levels` does not list its
+/// product (Adapty's default level).
+pub const DEFAULT_ACCESS_LEVEL: &str = "premium";
+
+/// What `--sandbox` says about events from Adapty's sandbox environment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SandboxPolicy {
+    /// Sandbox events grant access like production ones.
+    #[default]
+    Grant,
+    /// Sandbox events are stored in the log but change no access.
+    Ignore,
+}
+
+/// The configuration the fold depends on. Changing it changes what the same events
+/// mean, which is why `events` keeps every raw body.
+#[derive(Clone, Debug)]
+pub struct Rules {
+    product_levels: HashMap<Arc<str>, Arc<str>>,
+    default_level: Arc<str>,
+    sandbox: SandboxPolicy,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules::new(HashMap::new(), SandboxPolicy::Grant)
+    }
+}
+
+impl Rules {
+    pub fn new(product_levels: HashMap<Arc<str>, Arc<str>>, sandbox: SandboxPolicy) -> Self {
+        Rules {
+            product_levels,
+            default_level: Arc::from(DEFAULT_ACCESS_LEVEL),
+            sandbox,
+        }
+    }
+
+    /// The access level this event is folded into, or `None` when it touches none:
+    /// unknown and annotation-only types, ignored sandbox events, a snapshot missing
+    /// its level, and one-time purchases of products `--product-levels` does not list
+    /// (a consumable must never make anyone premium).
+    pub fn level_of(&self, event: &Event) -> Option<Arc<str>> {
+        if self.sandbox == SandboxPolicy::Ignore && event.is_sandbox() {
+            return None;
+        }
+        let listed = || {
+            let product = event.vendor_product_id.as_ref()?;
+            self.product_levels.get(product).cloned()
+        };
+        match effect(event)? {
+            Effect::Snapshot(snapshot) => Some(snapshot.access_level_id.clone()),
+            Effect::Lifetime | Effect::RevokeLifetime => listed(),
+            _ => Some(listed().unwrap_or_else(|| self.default_level.clone())),
+        }
+    }
+}
+
+/// The instants that decide whether a level grants access at a given time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccessWindow {
+    /// What the newest event said; the clock can only end it.
+    pub is_active: bool,
+    /// No expiry. A refunded lifetime purchase is not active, so this alone is no grant.
+    pub is_lifetime: bool,
+    /// Access ends at this instant; `None`: no end.
+    pub expires_at: Option<Timestamp>,
+    /// Access begins at this instant; `None`: already began.
+    pub starts_at: Option<Timestamp>,
+}
+
+impl AccessWindow {
+    /// Whether the level grants access at `t`: the one rule the read API and the
+    /// `active_entitlements` view both apply.
+    pub fn grants_at(&self, t: Timestamp) -> bool {
+        self.is_active
+            && (self.is_lifetime || self.expires_at.is_none_or(|end| t < end))
+            && self.starts_at.is_none_or(|start| start <= t)
+    }
+
+    /// Whether this window still grants at `t` and lasts at least until `end`.
+    fn outlasts(&self, t: Timestamp, end: Timestamp) -> bool {
+        self.grants_at(t) && (self.is_lifetime || self.expires_at.is_none_or(|x| x > end))
+    }
+}
+
+/// The state of one `(profile, access level)`: a row of the `entitlements` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entitlement {
+    pub window: AccessWindow,
+    pub will_renew: bool,
+    pub in_grace_period: bool,
+    pub is_refund: bool,
+    pub store: Option<Arc<str>>,
+    pub vendor_product_id: Option<Arc<str>>,
+    pub environment: Option<Arc<str>>,
+    /// The newest event folded in (by [`order_key`]), whether or not it changed anything.
+    pub last_event_id: Arc<str>,
+    pub last_event_type: EventType,
+    pub last_event_at: Timestamp,
+}
+
+/// The position of an event in the fold: `event_datetime`, then a rank that puts, at
+/// one instant, lifecycle events before snapshots and revocations before grants (so
+/// an upgrade's "old off, new on" ends on), then `profile_event_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OrderKey<'a> {
+    pub at: Timestamp,
+    pub rank: u8,
+    pub id: &'a str,
+}
+
+/// The [`OrderKey`] of an event; `None` when the event is never folded.
+pub fn order_key(event: &Event) -> Option<OrderKey<'_>> {
+    let effect = effect(event)?;
+    Some(OrderKey {
+        at: event.event_datetime,
+        rank: rank(event.event_type?, effect.is_active_snapshot()),
+        id: &event.id,
+    })
+}
+
+impl Entitlement {
+    /// The [`OrderKey`] of the newest event folded in: a new event that sorts after it
+    /// can be folded onto this state directly.
+    pub fn last_key(&self) -> OrderKey<'_> {
+        OrderKey {
+            at: self.last_event_at,
+            // A snapshot sets `is_active`, so it is the snapshot's own when it was last.
+            rank: rank(self.last_event_type, self.window.is_active),
+            id: &self.last_event_id,
+        }
+    }
+}
+
+/// What an event does to the level it touches.
+#[derive(Clone, Copy, Debug)]
+enum Effect<'a> {
+    /// Grant or extend until `subscription_expires_at`.
+    Grant {
+        in_grace_period: bool,
+    },
+    /// A one-time purchase of a listed product: access with no end.
+    Lifetime,
+    /// Auto-renew flipped; access unchanged.
+    WillRenew(bool),
+    /// The payment failed: access ends at `subscription_expires_at` unless a grace
+    /// period or a renewal follows.
+    BillingIssue,
+    /// Play pause: access lasts until the paid period ends, then stops renewing.
+    Pause,
+    /// Access ends now.
+    Revoke {
+        refund: bool,
+    },
+    /// A refund that only accompanies an immediate upgrade: nothing changes.
+    UpgradeRefund,
+    RevokeLifetime,
+    /// `access_level_updated`: Adapty's own state of the level.
+    Snapshot(&'a Snapshot),
+}
+
+impl Effect<'_> {
+    fn is_active_snapshot(self) -> bool {
+        matches!(self, Effect::Snapshot(s) if s.is_active)
+    }
+}
+
+/// The tie-break at one instant: lifecycle events before snapshots, revocations before
+/// neutral events before grants, inactive snapshots before active ones.
+fn rank(event_type: EventType, snapshot_is_active: bool) -> u8 {
+    use EventType as T;
+    match event_type {
+        T::SubscriptionExpired
+        | T::TrialExpired
+        | T::SubscriptionRefunded
+        | T::NonSubscriptionPurchaseRefunded => 0,
+        T::TrialRenewalCancelled
+        | T::TrialRenewalReactivated
+        | T::SubscriptionRenewalCancelled
+        | T::SubscriptionRenewalReactivated
+        | T::BillingIssueDetected
+        | T::SubscriptionPaused
+        | T::TrialActive
+        | T::SubscriptionActive => 1,
+        T::SubscriptionStarted
+        | T::SubscriptionRenewed
+        | T::TrialStarted
+        | T::TrialConverted
+        | T::SubscriptionDeferred
+        | T::EnteredGracePeriod
+        | T::NonSubscriptionPurchase => 2,
+        T::AccessLevelUpdated if snapshot_is_active => 4,
+        T::AccessLevelUpdated => 3,
+    }
+}
+
+fn effect(event: &Event) -> Option<Effect<'_>> {
+    use EventType as T;
+    Some(match event.event_type? {
+        T::SubscriptionStarted
+        | T::SubscriptionRenewed
+        | T::TrialStarted
+        | T::TrialConverted
+        | T::SubscriptionDeferred => Effect::Grant {
+            in_grace_period: false,
+        },
+        T::EnteredGracePeriod => Effect::Grant {
+            in_grace_period: true,
+        },
+        T::NonSubscriptionPurchase => Effect::Lifetime,
+        T::TrialRenewalCancelled | T::SubscriptionRenewalCancelled => Effect::WillRenew(false),
+        T::TrialRenewalReactivated | T::SubscriptionRenewalReactivated => Effect::WillRenew(true),
+        T::BillingIssueDetected => Effect::BillingIssue,
+        T::SubscriptionPaused => Effect::Pause,
+        T::SubscriptionExpired | T::TrialExpired => Effect::Revoke { refund: false },
+        T::SubscriptionRefunded if event.cancellation_reason.as_deref() == Some("upgraded") => {
+            Effect::UpgradeRefund
+        }
+        T::SubscriptionRefunded => Effect::Revoke { refund: true },
+        T::NonSubscriptionPurchaseRefunded => Effect::RevokeLifetime,
+        T::AccessLevelUpdated => Effect::Snapshot(event.snapshot.as_ref()?),
+        T::TrialActive | T::SubscriptionActive => return None,
+    })
+}
+
+/// Folds one event into the state of the level [`Rules::level_of`] assigned it. The
+/// event must sort after every event already in `state` (see [`Entitlement::last_key`]).
+/// Returns `None` only when there was no state and the event creates none (a
+/// cancellation of something never granted, say).
+pub fn fold(state: Option<Entitlement>, event: &Event) -> Option<Entitlement> {
+    let (Some(event_type), Some(effect)) = (event.event_type, effect(event)) else {
+        return state;
+    };
+    let mut next = match (state, effect) {
+        (_, Effect::Snapshot(s)) => from_snapshot(s, event),
+        (Some(held), Effect::Grant { .. })
+            if !same_product(&held, event)
+                && event
+                    .subscription_expires_at
+                    .is_some_and(|end| held.window.outlasts(event.event_datetime, end)) =>
+        {
+            // Another product holds the level for longer (a yearly plan bought over a
+            // monthly one): this grant does not shorten it.
+            held
+        }
+        (state, Effect::Grant { in_grace_period }) => match event.subscription_expires_at {
+            Some(end) => inherit(granted(event, Some(end), in_grace_period, false), state),
+            // A grant with no end is not a grant we can bound: leave the level as it was.
+            None => state?,
+        },
+        (state, Effect::Lifetime) => inherit(granted(event, None, false, true), state),
+        (Some(mut held), effect) if same_product(&held, event) => {
+            match effect {
+                Effect::WillRenew(will_renew) => held.will_renew = will_renew,
+                Effect::BillingIssue => {
+                    held.window.expires_at =
+                        event.subscription_expires_at.or(held.window.expires_at);
+                }
+                Effect::Pause => {
+                    held.will_renew = false;
+                    held.window.expires_at =
+                        event.subscription_expires_at.or(held.window.expires_at);
+                }
+                Effect::Revoke { refund } if !held.window.is_lifetime => {
+                    held.window.is_active = false;
+                    held.window.expires_at =
+                        event.subscription_expires_at.or(held.window.expires_at);
+                    held.will_renew = false;
+                    held.in_grace_period = false;
+                    held.is_refund = refund;
+                }
+                Effect::RevokeLifetime if held.window.is_lifetime => {
+                    held.window.is_active = false;
+                    held.window.is_lifetime = false;
+                    held.is_refund = true;
+                }
+                _ => {}
+            }
+            held
+        }
+        // Another product's renewal flip, expiry or refund: the level is not its to end.
+        (Some(held), _) => held,
+        (None, _) => return None,
+    };
+    next.last_event_id = event.id.clone();
+    next.last_event_type = event_type;
+    next.last_event_at = event.event_datetime;
+    Some(next)
+}
+
+/// A renewal that does not repeat the store or environment keeps the known ones.
+fn inherit(mut next: Entitlement, previous: Option<Entitlement>) -> Entitlement {
+    if let Some(previous) = previous {
+        if next.vendor_product_id.is_none() || next.vendor_product_id == previous.vendor_product_id
+        {
+            next.vendor_product_id = next.vendor_product_id.or(previous.vendor_product_id);
+            next.store = next.store.or(previous.store);
+            next.environment = next.environment.or(previous.environment);
+        }
+    }
+    next
+}
+
+fn same_product(held: &Entitlement, event: &Event) -> bool {
+    match (&held.vendor_product_id, &event.vendor_product_id) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
+}
+
+fn granted(
+    event: &Event,
+    expires_at: Option<Timestamp>,
+    in_grace_period: bool,
+    is_lifetime: bool,
+) -> Entitlement {
+    Entitlement {
+        window: AccessWindow {
+            is_active: true,
+            is_lifetime,
+            expires_at,
+            starts_at: None,
+        },
+        will_renew: !is_lifetime,
+        in_grace_period,
+        is_refund: false,
+        store: event.store.clone(),
+        vendor_product_id: event.vendor_product_id.clone(),
+        environment: event.environment.clone(),
+        last_event_id: event.id.clone(),
+        last_event_type: EventType::SubscriptionStarted,
+        last_event_at: event.event_datetime,
+    }
+}
+
+fn from_snapshot(s: &Snapshot, event: &Event) -> Entitlement {
+    Entitlement {
+        window: AccessWindow {
+            is_active: s.is_active,
+            is_lifetime: s.is_lifetime,
+            expires_at: s.expires_at,
+            starts_at: s.starts_at,
+        },
+        will_renew: s.will_renew,
+        in_grace_period: s.is_in_grace_period,
+        is_refund: s.is_refund,
+        ..granted(event, None, false, false)
+    }
+}
+
+/// Folds a newly arrived event into its level's saved state: directly when it sorts
+/// after every event folded in so far (the common case), otherwise by refolding
+/// `log()`, every event of the level with this one included. Either way the answer is
+/// [`fold_all`] of the level's events, whatever order they arrived in.
+pub fn fold_arrival<E>(
+    saved: Option<Entitlement>,
+    event: &Event,
+    log: impl FnOnce() -> Result<Vec<Event>, E>,
+) -> Result<Option<Entitlement>, E> {
+    match (saved, order_key(event)) {
+        (Some(saved), Some(key)) if key > saved.last_key() => Ok(fold(Some(saved), event)),
+        _ => Ok(fold_all(&log()?)),
+    }
+}
+
+/// Folds the events of one `(profile, level)` in [`order_key`] order: what the store
+/// does when an event arrives out of order, and what [`project`] does for each level.
+pub fn fold_all<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<Entitlement> {
+    let mut ordered: Vec<(OrderKey<'a>, &'a Event)> = events
+        .into_iter()
+        .filter_map(|e| Some((order_key(e)?, e)))
+        .collect();
+    ordered.sort_by_key(|(key, _)| *key);
+    ordered.dedup_by(|a, b| a.0.id == b.0.id);
+    ordered
+        .into_iter()
+        .fold(None, |state, (_, event)| fold(state, event))
+}
+
+/// The whole projection of a set of events: what the `entitlements` table holds for
+/// them, by `(profile_id, access_level_id)`. Exact duplicates count once; arrival
+/// order does not matter.
+pub fn project<'a>(
+    events: impl IntoIterator<Item = &'a Event>,
+    rules: &Rules,
+) -> BTreeMap<(Arc<str>, Arc<str>), Entitlement> {
+    let mut by_level: BTreeMap<(Arc<str>, Arc<str>), Vec<&'a Event>> = BTreeMap::new();
+    for event in events {
+        if let Some(level) = rules.level_of(event) {
+            by_level
+                .entry((event.profile_id.clone(), level))
+                .or_default()
+                .push(event);
+        }
+    }
+    by_level
+        .into_iter()
+        .filter_map(|(key, events)| Some((key, fold_all(events)?)))
+        .collect()
+}

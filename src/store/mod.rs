@@ -1,0 +1,255 @@
+//! SQLite: the schema, the pragmas, and the rows of `entitlements` and `profiles`.
+//! One writer thread ([`writer`]) owns the write connection; nothing else writes.
+
+pub mod writer;
+
+use crate::config::Synchronous;
+use crate::projection::{AccessWindow, Entitlement, EventType};
+use crate::timestamp::Timestamp;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The schema, as people read it at the repo root.
+pub const SCHEMA: &str = include_str!("../../schema.sql");
+/// `PRAGMA application_id` of an entitled database ("entd").
+pub const APPLICATION_ID: i64 = 0x656e_7464;
+/// `PRAGMA user_version` that [`SCHEMA`] creates.
+pub const SCHEMA_VERSION: i64 = 1;
+/// How long a write waits for a lock another process holds (a person's `sqlite3`
+/// in a write transaction) before the request answers 503 and Adapty retries.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path} is not an entitled database (application_id {found}); refusing to touch it")]
+    ForeignFile { path: String, found: i64 },
+    #[error("{path} has schema version {found}, newer than this entitled ({SCHEMA_VERSION}); upgrade entitled")]
+    NewerSchema { path: String, found: i64 },
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Opens (creating if missing) the database, sets the pragmas, and creates or checks
+/// the schema.
+pub fn open(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        },
+    )?;
+    migrate(&conn, &path.display().to_string())?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection, path: &str) -> Result<(), StoreError> {
+    let application_id: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+    if application_id == 0 && version == 0 && tables == 0 {
+        conn.execute_batch(&format!("BEGIN IMMEDIATE;\n{SCHEMA}\nCOMMIT;"))?;
+        return Ok(());
+    }
+    if application_id != APPLICATION_ID {
+        return Err(StoreError::ForeignFile {
+            path: path.to_owned(),
+            found: application_id,
+        });
+    }
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            path: path.to_owned(),
+            found: version,
+        });
+    }
+    // Version 1 is the first: upgrade steps from older versions go here, one a version.
+    Ok(())
+}
+
+fn time(text: Option<String>) -> Result<Option<Timestamp>, StoreError> {
+    text.map(|t| {
+        Timestamp::parse_rfc3339(&t).ok_or_else(|| StoreError::Corrupt(format!("time {t}")))
+    })
+    .transpose()
+}
+
+const ENTITLEMENT_COLUMNS: &str = "profile_id, access_level_id, is_active, expires_at, starts_at, \
+     will_renew, is_lifetime, in_grace_period, is_refund, store, vendor_product_id, environment, \
+     last_event_id, last_event_type, last_event_at";
+
+/// One `entitlements` row, with its key.
+pub struct EntitlementRow {
+    pub profile_id: String,
+    pub access_level_id: String,
+    pub entitlement: Entitlement,
+}
+
+fn entitlement_row(row: &Row<'_>) -> rusqlite::Result<Result<EntitlementRow, StoreError>> {
+    let arc = |s: Option<String>| s.map(Arc::from);
+    let last_type: String = row.get(13)?;
+    let parsed = (|| {
+        Ok(EntitlementRow {
+            profile_id: row.get(0)?,
+            access_level_id: row.get(1)?,
+            entitlement: Entitlement {
+                window: AccessWindow {
+                    is_active: row.get(2)?,
+                    expires_at: time(row.get(3)?)?,
+                    starts_at: time(row.get(4)?)?,
+                    is_lifetime: row.get(6)?,
+                },
+                will_renew: row.get(5)?,
+                in_grace_period: row.get(7)?,
+                is_refund: row.get(8)?,
+                store: arc(row.get(9)?),
+                vendor_product_id: arc(row.get(10)?),
+                environment: arc(row.get(11)?),
+                last_event_id: Arc::from(row.get::<_, String>(12)?),
+                last_event_type: EventType::from_name(&last_type)
+                    .ok_or_else(|| StoreError::Corrupt(format!("event type {last_type}")))?,
+                last_event_at: time(Some(row.get(14)?))?.unwrap_or(Timestamp::from_micros(0)),
+            },
+        })
+    })();
+    Ok(parsed)
+}
+
+/// The saved state of one level, if any.
+pub fn entitlement(
+    conn: &Connection,
+    profile_id: &str,
+    access_level_id: &str,
+) -> Result<Option<Entitlement>, StoreError> {
+    let sql = format!(
+        "SELECT {ENTITLEMENT_COLUMNS} FROM entitlements WHERE profile_id = ?1 AND access_level_id = ?2"
+    );
+    let row = conn
+        .prepare_cached(&sql)?
+        .query_row(params![profile_id, access_level_id], entitlement_row)
+        .optional()?;
+    Ok(row.transpose()?.map(|r| r.entitlement))
+}
+
+pub fn save_entitlement(
+    conn: &Connection,
+    profile_id: &str,
+    access_level_id: &str,
+    e: &Entitlement,
+) -> Result<(), StoreError> {
+    let text = |t: Option<Timestamp>| t.map(Timestamp::to_rfc3339);
+    let sql = format!(
+        "INSERT OR REPLACE INTO entitlements ({ENTITLEMENT_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+    );
+    conn.prepare_cached(&sql)?.execute(params![
+        profile_id,
+        access_level_id,
+        e.window.is_active,
+        text(e.window.expires_at),
+        text(e.window.starts_at),
+        e.will_renew,
+        e.window.is_lifetime,
+        e.in_grace_period,
+        e.is_refund,
+        e.store.as_deref(),
+        e.vendor_product_id.as_deref(),
+        e.environment.as_deref(),
+        &*e.last_event_id,
+        e.last_event_type.name(),
+        e.last_event_at.to_rfc3339(),
+    ])?;
+    Ok(())
+}
+
+/// Every `entitlements` row, for warming the index.
+pub fn each_entitlement(
+    conn: &Connection,
+    mut each: impl FnMut(EntitlementRow),
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare(&format!("SELECT {ENTITLEMENT_COLUMNS} FROM entitlements"))?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        each(entitlement_row(row)??);
+    }
+    Ok(())
+}
+
+/// Every profile with a known `customer_user_id`, for warming the index.
+pub fn each_customer_user_id(
+    conn: &Connection,
+    mut each: impl FnMut(String, String),
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT profile_id, customer_user_id FROM profiles WHERE customer_user_id IS NOT NULL",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        each(row.get(0)?, row.get(1)?);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_file_gets_the_schema_and_the_durable_pragmas() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("e.db"), Synchronous::Full).unwrap();
+        let pragma = |name: &str| -> String {
+            conn.query_row(&format!("PRAGMA {name}"), [], |r| {
+                r.get::<_, rusqlite::types::Value>(0)
+            })
+            .map(|v| format!("{v:?}"))
+            .unwrap()
+        };
+        assert_eq!(pragma("journal_mode"), "Text(\"wal\")");
+        assert_eq!(pragma("synchronous"), "Integer(2)"); // FULL
+        assert_eq!(pragma("busy_timeout"), "Integer(5000)");
+        assert_eq!(
+            pragma("application_id"),
+            format!("Integer({APPLICATION_ID})")
+        );
+        assert_eq!(pragma("user_version"), format!("Integer({SCHEMA_VERSION})"));
+        drop(conn);
+        // Opening again leaves it as it is.
+        open(&dir.path().join("e.db"), Synchronous::Normal).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_foreign_or_newer_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let foreign = dir.path().join("foreign.db");
+        Connection::open(&foreign)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x)")
+            .unwrap();
+        assert!(matches!(
+            open(&foreign, Synchronous::Full),
+            Err(StoreError::ForeignFile { .. })
+        ));
+        let newer = dir.path().join("newer.db");
+        drop(open(&newer, Synchronous::Full).unwrap());
+        Connection::open(&newer)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 99")
+            .unwrap();
+        let err = open(&newer, Synchronous::Full).unwrap_err();
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+}

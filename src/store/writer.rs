@@ -1,0 +1,351 @@
+//! The one writer: a thread that owns the write connection.
+//!
+//! Handlers send an event with a oneshot for the answer. The loop takes the first
+//! command, drains what else is waiting, and runs them all in one `BEGIN IMMEDIATE`
+//! transaction with a savepoint per event (one failing event rolls back alone),
+//! commits once (group commit: one fsync for the batch), *then* updates the index
+//! and answers. So an answer always means "committed", and the index only ever holds
+//! committed state.
+
+use super::StoreError;
+use crate::adapty::ReceivedEvent;
+use crate::index::{Change, Index};
+use crate::projection::{self, Event, Rules};
+use crate::timestamp::Timestamp;
+use rusqlite::{params, Connection, TransactionBehavior};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// How many events one transaction takes at most.
+pub const MAX_BATCH: usize = 512;
+/// How many events may wait for the writer before handlers are told to come back.
+pub const QUEUE_CAPACITY: usize = 4096;
+
+/// What became of an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored, and folded into the projection.
+    Stored,
+    /// Its `profile_event_id` was stored before: nothing changed.
+    Duplicate,
+}
+
+/// The writer's answer; the error is shared by every event of a failed batch.
+pub type Reply = Result<Outcome, Arc<StoreError>>;
+
+/// Re-reads a stored body as an event, for refolding a level from the log.
+pub type Decode = dyn Fn(&str) -> Option<Event> + Send + Sync;
+
+enum Command {
+    Ingest {
+        event: Box<ReceivedEvent>,
+        reply: oneshot::Sender<Reply>,
+    },
+    /// Commit what was sent before, checkpoint, and stop.
+    Stop,
+}
+
+/// The handlers' end of the writer. Cloning is cheap; the writer stops (after
+/// committing everything already sent) when the last clone is dropped.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+/// Why an event was not handed to the writer.
+#[derive(Debug)]
+pub enum SendError {
+    /// The queue stayed full: the store is slower than the load.
+    Saturated,
+    /// The writer has stopped (shutting down).
+    Stopped,
+}
+
+impl WriterHandle {
+    /// Queues an event, waiting at most until `deadline` for room.
+    pub async fn send(
+        &self,
+        event: Box<ReceivedEvent>,
+        deadline: tokio::time::Instant,
+    ) -> Result<oneshot::Receiver<Reply>, SendError> {
+        let (reply, answer) = oneshot::channel();
+        match tokio::time::timeout_at(deadline, self.tx.send(Command::Ingest { event, reply }))
+            .await
+        {
+            Ok(Ok(())) => Ok(answer),
+            Ok(Err(_)) => Err(SendError::Stopped),
+            Err(_) => Err(SendError::Saturated),
+        }
+    }
+
+    /// Asks the writer to commit everything sent before this call and stop; join its
+    /// thread to wait for that.
+    pub async fn stop(&self) {
+        let _ = self.tx.send(Command::Stop).await;
+    }
+}
+
+/// Starts the writer thread on `conn`.
+pub fn start(
+    conn: Connection,
+    index: Arc<Index>,
+    rules: Arc<Rules>,
+    decode: Arc<Decode>,
+) -> std::io::Result<(WriterHandle, JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+    let writer = Writer {
+        conn,
+        index,
+        rules,
+        decode,
+    };
+    let thread = std::thread::Builder::new()
+        .name("entitled-writer".into())
+        .spawn(move || writer.run(rx))?;
+    Ok((WriterHandle { tx }, thread))
+}
+
+struct Ingest {
+    event: Box<ReceivedEvent>,
+    reply: oneshot::Sender<Reply>,
+}
+
+struct Writer {
+    conn: Connection,
+    index: Arc<Index>,
+    rules: Arc<Rules>,
+    decode: Arc<Decode>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut stopping = false;
+        while let Some(first) = rx.blocking_recv() {
+            let mut next = Some(first);
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Ingest { event, reply } => batch.push(Ingest { event, reply }),
+                    Command::Stop => {
+                        // Refuse new events; what is already queued still commits.
+                        rx.close();
+                        stopping = true;
+                    }
+                }
+                if batch.len() < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                self.commit_batch(&mut batch);
+            }
+            if stopping && rx.is_empty() {
+                break;
+            }
+        }
+        // Every handle is gone: fold the WAL into the main file so a copy of
+        // entitled.db alone is complete.
+        match self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            Ok(()) => tracing::info!("writer stopped; WAL checkpointed"),
+            Err(error) => tracing::warn!(%error, "writer stopped; WAL checkpoint failed"),
+        }
+    }
+
+    fn commit_batch(&mut self, batch: &mut Vec<Ingest>) {
+        let started = Instant::now();
+        let size = batch.len();
+        let received_at = Timestamp::now();
+        let mut changes = Vec::new();
+        let result = (|| -> Result<Vec<Reply>, StoreError> {
+            let mut tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut replies = Vec::with_capacity(size);
+            for command in batch.iter() {
+                let mut event_changes = Vec::new();
+                let mut savepoint = tx.savepoint()?;
+                let reply = ingest(
+                    &savepoint,
+                    &command.event,
+                    received_at,
+                    &self.rules,
+                    &*self.decode,
+                    &mut event_changes,
+                )
+                .map_err(Arc::new);
+                if reply.is_ok() {
+                    savepoint.commit()?;
+                    changes.append(&mut event_changes);
+                } else {
+                    savepoint.rollback()?;
+                }
+                replies.push(reply);
+            }
+            tx.commit()?;
+            Ok(replies)
+        })();
+        match result {
+            Ok(replies) => {
+                self.index.apply(changes);
+                let stored = replies
+                    .iter()
+                    .filter(|r| matches!(r, Ok(Outcome::Stored)))
+                    .count();
+                tracing::debug!(
+                    size,
+                    stored,
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "batch committed"
+                );
+                for (command, reply) in batch.drain(..).zip(replies) {
+                    if let Err(error) = &reply {
+                        tracing::error!(profile_event_id = %command.event.event.id, error = %error, "event not stored");
+                    }
+                    // The handler may have given up waiting; the event is stored anyway.
+                    let _ = command.reply.send(reply);
+                }
+            }
+            Err(error) => {
+                tracing::error!(size, error = %error, "batch rolled back; Adapty will retry");
+                let error = Arc::new(error);
+                for command in batch.drain(..) {
+                    let _ = command.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Stores one event and folds it in. `changes` collects what the index must learn
+/// once the transaction commits.
+fn ingest(
+    conn: &Connection,
+    received: &ReceivedEvent,
+    received_at: Timestamp,
+    rules: &Rules,
+    decode: &Decode,
+    changes: &mut Vec<Change>,
+) -> Result<Outcome, StoreError> {
+    let event = &received.event;
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO events (profile_event_id, profile_id, customer_user_id, event_type, \
+             canonical_type, event_datetime, received_at, environment, body) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+             ON CONFLICT (profile_event_id) DO NOTHING",
+        )?
+        .execute(params![
+            &*event.id,
+            &*event.profile_id,
+            event.customer_user_id.as_deref(),
+            received.received_type,
+            event.event_type.map(|t| t.name()),
+            event.event_datetime.to_rfc3339(),
+            received_at.to_rfc3339(),
+            event.environment.as_deref(),
+            received.body,
+        ])?;
+    if inserted == 0 {
+        return Ok(Outcome::Duplicate);
+    }
+    record_profile(conn, event, changes)?;
+    let Some(level) = rules.level_of(event) else {
+        return Ok(Outcome::Stored);
+    };
+    let saved = super::entitlement(conn, &event.profile_id, &level)?;
+    let next = projection::fold_arrival(saved.clone(), event, || {
+        level_log(conn, &event.profile_id, &level, rules, decode)
+    })?;
+    if next != saved {
+        match &next {
+            Some(entitlement) => {
+                super::save_entitlement(conn, &event.profile_id, &level, entitlement)?
+            }
+            None => {
+                conn.prepare_cached(
+                    "DELETE FROM entitlements WHERE profile_id = ?1 AND access_level_id = ?2",
+                )?
+                .execute(params![&*event.profile_id, &*level])?;
+            }
+        }
+        changes.push(Change::Level {
+            profile_id: event.profile_id.clone(),
+            access_level_id: level,
+            entitlement: next,
+        });
+    }
+    Ok(Outcome::Stored)
+}
+
+/// Every stored event of one level of a profile (the one just inserted included), for
+/// refolding the level when an event arrives out of order.
+fn level_log(
+    conn: &Connection,
+    profile_id: &str,
+    level: &str,
+    rules: &Rules,
+    decode: &Decode,
+) -> Result<Vec<Event>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT body FROM events WHERE profile_id = ?1")?;
+    let mut rows = stmt.query(params![profile_id])?;
+    let mut events = Vec::new();
+    while let Some(row) = rows.next()? {
+        let body: String = row.get(0)?;
+        let event = decode(&body).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "a stored event of profile {profile_id} no longer parses"
+            ))
+        })?;
+        if rules.level_of(&event).as_deref() == Some(level) {
+            events.push(event);
+        }
+    }
+    Ok(events)
+}
+
+/// Keeps `profiles` current: every profile seen has a row, carrying the
+/// `customer_user_id` of its newest event that had one (by `event_datetime`, then
+/// `profile_event_id`), whatever order they came in.
+fn record_profile(
+    conn: &Connection,
+    event: &Event,
+    changes: &mut Vec<Change>,
+) -> Result<(), StoreError> {
+    let Some(customer_user_id) = &event.customer_user_id else {
+        conn.prepare_cached(
+            "INSERT INTO profiles (profile_id) VALUES (?1) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![&*event.profile_id])?;
+        return Ok(());
+    };
+    let updated = conn
+        .prepare_cached(
+            "INSERT INTO profiles (profile_id, customer_user_id, customer_user_id_at, customer_user_id_event) \
+             VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (profile_id) DO UPDATE SET \
+               customer_user_id = excluded.customer_user_id, \
+               customer_user_id_at = excluded.customer_user_id_at, \
+               customer_user_id_event = excluded.customer_user_id_event \
+             WHERE profiles.customer_user_id_at IS NULL \
+                OR (excluded.customer_user_id_at, excluded.customer_user_id_event) \
+                   > (profiles.customer_user_id_at, profiles.customer_user_id_event)",
+        )?
+        .execute(params![
+            &*event.profile_id,
+            &**customer_user_id,
+            event.event_datetime.to_rfc3339(),
+            &*event.id,
+        ])?;
+    if updated > 0 {
+        changes.push(Change::CustomerUserId {
+            profile_id: event.profile_id.clone(),
+            customer_user_id: customer_user_id.clone(),
+        });
+    }
+    Ok(())
+}
