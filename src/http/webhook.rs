@@ -33,7 +33,11 @@ pub async fn receive(
         }
         Webhook::Event(received) => received,
     };
-    let is_production = received.event.environment.as_deref() == Some("Production");
+    let is_production = received
+        .event
+        .environment
+        .as_deref()
+        .is_some_and(|e| e.eq_ignore_ascii_case("production"));
     if caller == Caller::Sandbox && is_production {
         return Err(ApiError::SandboxTokenForProduction);
     }
