@@ -46,6 +46,15 @@ pub struct ServeArgs {
     #[arg(long, env = "ENTITLED_SANDBOX_WEBHOOK_TOKEN", value_parser = secret, hide_env_values = true)]
     pub sandbox_webhook_token: Option<SecretString>,
 
+    /// A second production token, accepted as well: set the new one as
+    /// --webhook-token and the old one here while Adapty's dashboard is switched over.
+    #[arg(long, env = "ENTITLED_PREVIOUS_WEBHOOK_TOKEN", value_parser = secret, hide_env_values = true)]
+    pub previous_webhook_token: Option<SecretString>,
+
+    /// A second sandbox token, accepted as well, for rotating the sandbox token.
+    #[arg(long, env = "ENTITLED_PREVIOUS_SANDBOX_WEBHOOK_TOKEN", value_parser = secret, hide_env_values = true)]
+    pub previous_sandbox_webhook_token: Option<SecretString>,
+
     /// Token the read API requires as `Authorization: Bearer <token>`. Unset: reads
     /// are open (the default listen address is loopback).
     #[arg(long, env = "ENTITLED_READ_TOKEN", value_parser = secret, hide_env_values = true)]
@@ -53,6 +62,11 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub projection: ProjectionArgs,
+
+    /// Seconds to let requests in flight finish after SIGTERM or SIGINT; the writer
+    /// then commits what it holds.
+    #[arg(long, env = "ENTITLED_SHUTDOWN_TIMEOUT", default_value_t = 10)]
+    pub shutdown_timeout: u64,
 
     /// Log format on stderr; the level comes from RUST_LOG (default: info).
     #[arg(long, env = "ENTITLED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

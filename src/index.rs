@@ -44,6 +44,14 @@ pub enum Change {
     },
 }
 
+/// What [`Index::counts`] found.
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub profiles: usize,
+    pub entitlements: usize,
+    pub active_by_level: Vec<(Arc<str>, usize)>,
+}
+
 #[derive(Default)]
 pub struct Index {
     profiles: DashMap<Arc<str>, ProfileAccess>,
@@ -84,6 +92,26 @@ impl Index {
 
     pub fn profile_count(&self) -> usize {
         self.profiles.len()
+    }
+
+    /// Sizes, and how many entitlements of each level grant access at `now` (every
+    /// level known appears, with 0 when none is active). Walks the whole index: for
+    /// `/metrics`, not for the request path.
+    pub fn counts(&self, now: Timestamp) -> Counts {
+        let mut counts = Counts {
+            profiles: self.profiles.len(),
+            ..Counts::default()
+        };
+        let mut active: std::collections::BTreeMap<Arc<str>, usize> = Default::default();
+        for profile in self.profiles.iter() {
+            for level in &profile.levels {
+                counts.entitlements += 1;
+                *active.entry(level.access_level_id.clone()).or_default() +=
+                    usize::from(level.window.grants_at(now));
+            }
+        }
+        counts.active_by_level = active.into_iter().collect();
+        counts
     }
 
     /// Applies committed changes. Called by the writer after commit, and at warm-up.

@@ -9,21 +9,27 @@ pub mod config;
 pub mod http;
 pub mod index;
 pub mod projection;
+pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod timestamp;
 
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use adapty::Webhook;
 use config::ServeArgs;
 use http::auth::{ReadAuth, WebhookAuth};
 use http::AppState;
 use index::{Change, Index};
+use status::Status;
 use std::io::Write;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Instant;
-use store::writer::{self, Decode};
+use store::writer::{self, Decode, Writer};
+use tracing_actix_web::TracingLogger;
+use utoipa::OpenApi;
+use utoipa_actix_web::AppExt;
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -39,37 +45,31 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("the writer thread panicked")]
     WriterPanicked,
+    #[error("warming the index panicked")]
+    WarmUpPanicked,
+    #[error("the HTTP server panicked")]
+    ServerPanicked,
 }
 
-/// Start-up (open and migrate, warm the index, start the writer, bind), then serve
-/// until SIGTERM or SIGINT; then drain: stop accepting, finish requests in flight,
-/// commit what the writer holds, checkpoint.
+/// Start-up: open and migrate the database, bind, serve (`/readyz` says 503 while the
+/// index warms), warm the index, start the writer, ready. Then serve until SIGTERM or
+/// SIGINT; then drain: stop accepting, finish requests in flight, commit what the
+/// writer holds, checkpoint, return.
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let conn = store::open(&args.store.db, args.store.synchronous)?;
+    telemetry::metrics_handle();
+
+    let status = Arc::new(Status::new());
     let index = Arc::new(Index::new());
-    let started = Instant::now();
-    warm(&conn, &index)?;
-    tracing::info!(
-        db = %args.store.db.display(),
-        profiles = index.profile_count(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "index warmed"
-    );
-
     let event_names = Arc::new(args.projection.event_names.clone());
-    let decode: Arc<Decode> = {
-        let names = event_names.clone();
-        Arc::new(
-            move |body: &str| match adapty::parse(body.as_bytes(), &names) {
-                Ok(Webhook::Event(received)) => Some(received.event),
-                _ => None,
-            },
-        )
-    };
-    let rules = Arc::new(args.projection.rules());
-    let (writer, writer_thread) = writer::start(conn, index.clone(), rules, decode)?;
-
-    let webhook_auth = WebhookAuth::new(args.webhook_token, args.sandbox_webhook_token);
+    let (writer, queue) = writer::queue();
+    let webhook_auth = WebhookAuth::new(
+        [args.webhook_token, args.previous_webhook_token],
+        [
+            args.sandbox_webhook_token,
+            args.previous_sandbox_webhook_token,
+        ],
+    );
     if webhook_auth.is_open() {
         tracing::warn!(
             "NO WEBHOOK TOKEN IS SET: anyone who can reach POST /webhooks/adapty can grant access. \
@@ -78,10 +78,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     }
     let state = web::Data::new(AppState {
         writer: writer.clone(),
-        index,
-        event_names,
+        index: index.clone(),
+        status: status.clone(),
+        event_names: event_names.clone(),
         webhook_auth,
         read_auth: ReadAuth::new(args.read_token),
+        db_path: args.store.db.clone(),
     });
 
     let listener = TcpListener::bind(args.listen).map_err(|source| ServeError::Listen {
@@ -89,18 +91,69 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         source,
     })?;
     let addr = listener.local_addr()?;
-    let server =
-        HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
-            .listen(listener)?
-            .shutdown_timeout(10)
-            .run();
-    tracing::info!(%addr, "listening");
+    let server = HttpServer::new(move || {
+        let (app, openapi) = App::new()
+            .into_utoipa_app()
+            .openapi(http::ApiDoc::openapi())
+            .app_data(state.clone())
+            .app_data(http::query_config())
+            .configure(http::routes)
+            .split_for_parts();
+        app.app_data(web::Data::new(openapi))
+            .default_service(web::to(http::not_found))
+            .wrap(from_fn(http::observe))
+            .wrap(TracingLogger::<http::RootSpan>::new())
+    })
+    .listen(listener)?
+    .shutdown_timeout(args.shutdown_timeout)
+    .run();
+    let server_handle = server.handle();
+    let server = actix_web::rt::spawn(server);
+    tracing::info!(%addr, "listening; warming the index");
+
+    let started = Instant::now();
+    let warmed = actix_web::rt::task::spawn_blocking(move || {
+        warm(&conn, &index, &status).map(|()| (conn, index, status))
+    })
+    .await
+    .map_err(|_| ServeError::WarmUpPanicked)?;
+    let (conn, index, status) = match warmed {
+        Ok(warmed) => warmed,
+        Err(error) => {
+            server_handle.stop(false).await;
+            return Err(error.into());
+        }
+    };
+    tracing::info!(
+        db = %args.store.db.display(),
+        profiles = index.profile_count(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "index warmed"
+    );
+    let decode: Arc<Decode> =
+        Arc::new(
+            move |body: &str| match adapty::parse(body.as_bytes(), &event_names) {
+                Ok(Webhook::Event(received)) => Some(received.event),
+                _ => None,
+            },
+        );
+    let writer_thread = Writer {
+        conn,
+        index,
+        status: status.clone(),
+        rules: Arc::new(args.projection.rules()),
+        decode,
+    }
+    .start(queue)?;
+    status.set_warmed();
+
     // The one line on stdout: scripts and tests wait for it.
     let mut stdout = std::io::stdout();
     writeln!(stdout, "entitled listening on http://{addr}")?;
     stdout.flush()?;
 
-    let served = server.await;
+    let served = server.await.map_err(|_| ServeError::ServerPanicked)?;
+    status.set_stopped();
     writer.stop().await;
     drop(writer);
     writer_thread
@@ -111,7 +164,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
 }
 
 /// Loads committed state into the index.
-fn warm(conn: &rusqlite::Connection, index: &Index) -> Result<(), store::StoreError> {
+fn warm(
+    conn: &rusqlite::Connection,
+    index: &Index,
+    status: &Status,
+) -> Result<(), store::StoreError> {
+    status.record_commit(store::newest_received(conn)?);
     let mut changes = Vec::new();
     store::each_entitlement(conn, |row| {
         changes.push(Change::Level {

@@ -6,7 +6,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            entitled::telemetry::init(args.log_format);
+            entitled::telemetry::init_logs(args.log_format);
             match actix_web::rt::System::new().block_on(entitled::serve(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {

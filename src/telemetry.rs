@@ -1,10 +1,21 @@
+//! Logs and metrics.
+//!
 //! Logs: `tracing` to stderr, text or JSON, level from `RUST_LOG` (default `info`).
+//! Tokens and bodies are never logged; personal fields (email, IPs, device ids) are
+//! never read at all.
+//!
+//! Metrics: every name entitled exports is in this file, recorded through the
+//! `metrics` facade and rendered in Prometheus text format on `GET /metrics`.
 
 use crate::config::LogFormat;
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::io::IsTerminal;
+use std::sync::OnceLock;
+use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
-pub fn init(format: LogFormat) {
+pub fn init_logs(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -15,4 +26,139 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    5.0,
+];
+const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+/// The process's Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("entitled_writer_batch_size".into()),
+                    &BATCH_BUCKETS,
+                )
+            })
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics shows only its own");
+        }
+        describe();
+        let upkeep = handle.clone();
+        let _ = std::thread::Builder::new()
+            .name("entitled-metrics".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(5));
+                upkeep.run_upkeep();
+            });
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "entitled_webhook_requests_total",
+        "Webhook requests by outcome: stored, duplicate, ignored (stored, touches no level), \
+         verification, refused (by reason), unauthorized, failed"
+    );
+    describe_counter!("entitled_events_total", "Events stored, by canonical type");
+    describe_histogram!(
+        "entitled_http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency by route, method and status"
+    );
+    describe_histogram!(
+        "entitled_writer_batch_size",
+        "Events per writer transaction"
+    );
+    describe_histogram!(
+        "entitled_writer_commit_duration_seconds",
+        Unit::Seconds,
+        "Time for one writer transaction, begin to commit"
+    );
+    describe_counter!("entitled_lookups_total", "Access lookups served, by route");
+    describe_gauge!("entitled_index_profiles", "Profiles in the in-memory index");
+    describe_gauge!(
+        "entitled_index_entitlements",
+        "(profile, access level) rows in the in-memory index"
+    );
+    describe_gauge!(
+        "entitled_active_entitlements",
+        "Entitlements granting access at scrape time, by access level"
+    );
+    describe_gauge!(
+        "entitled_database_size_bytes",
+        Unit::Bytes,
+        "Size of the database file and its WAL"
+    );
+    describe_gauge!(
+        "entitled_newest_event_age_seconds",
+        Unit::Seconds,
+        "Seconds since the newest stored event was received"
+    );
+}
+
+pub fn webhook(outcome: &'static str) {
+    counter!("entitled_webhook_requests_total", "outcome" => outcome).increment(1);
+}
+
+pub fn webhook_refused(reason: &'static str) {
+    counter!("entitled_webhook_requests_total", "outcome" => "refused", "reason" => reason)
+        .increment(1);
+}
+
+pub fn event_stored(canonical_type: Option<&'static str>) {
+    counter!("entitled_events_total", "type" => canonical_type.unwrap_or("unknown")).increment(1);
+}
+
+pub fn http_request(route: String, method: String, status: u16, seconds: f64) {
+    histogram!(
+        "entitled_http_request_duration_seconds",
+        "route" => route, "method" => method, "status" => status.to_string()
+    )
+    .record(seconds);
+}
+
+pub fn writer_batch(size: usize, seconds: f64) {
+    histogram!("entitled_writer_batch_size").record(size as f64);
+    histogram!("entitled_writer_commit_duration_seconds").record(seconds);
+}
+
+pub fn lookup(route: &'static str) {
+    counter!("entitled_lookups_total", "route" => route).increment(1);
+}
+
+/// The gauges computed at scrape time.
+pub struct Snapshot<'a> {
+    pub profiles: usize,
+    pub entitlements: usize,
+    pub active_by_level: &'a [(std::sync::Arc<str>, usize)],
+    pub database_bytes: u64,
+    pub newest_event_age_seconds: Option<f64>,
+}
+
+pub fn scrape(snapshot: Snapshot<'_>) -> String {
+    gauge!("entitled_index_profiles").set(snapshot.profiles as f64);
+    gauge!("entitled_index_entitlements").set(snapshot.entitlements as f64);
+    for (level, count) in snapshot.active_by_level {
+        gauge!("entitled_active_entitlements", "access_level" => level.to_string())
+            .set(*count as f64);
+    }
+    gauge!("entitled_database_size_bytes").set(snapshot.database_bytes as f64);
+    if let Some(age) = snapshot.newest_event_age_seconds {
+        gauge!("entitled_newest_event_age_seconds").set(age);
+    }
+    let handle = metrics_handle();
+    handle.run_upkeep();
+    handle.render()
 }

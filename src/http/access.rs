@@ -3,23 +3,28 @@
 //! unknown profile or user is a 200 with `"premium": false`.
 
 use super::error::ApiError;
+use super::error::ErrorBody;
 use super::AppState;
 use crate::index::LevelAccess;
+use crate::telemetry;
 use crate::timestamp::Timestamp;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{get, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use utoipa::{IntoParams, ToSchema};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AccessQuery {
-    /// Answer for this level only.
+    /// Answer for this access level only.
     access_level: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-struct LevelView {
+/// One access level. Datetimes are RFC 3339 UTC with six fraction digits.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LevelView {
     /// Grants access now: the event said active, and the clock has not ended it.
     active: bool,
     expires_at: Option<String>,
@@ -28,12 +33,17 @@ struct LevelView {
     is_lifetime: bool,
     in_grace_period: bool,
     is_refund: bool,
+    #[schema(value_type = Option<String>)]
     store: Option<Arc<str>>,
+    #[schema(value_type = Option<String>)]
     vendor_product_id: Option<Arc<str>>,
+    #[schema(value_type = Option<String>)]
     environment: Option<Arc<str>>,
+    /// `event_datetime` of the newest event folded into the level.
     updated_at: String,
     /// On the users route: the profile this level comes from.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     profile_id: Option<Arc<str>>,
 }
 
@@ -56,20 +66,27 @@ impl LevelView {
     }
 }
 
-#[derive(Debug, Serialize)]
-struct ProfileAnswer {
+/// A profile's access. An unknown profile is `premium: false` with no levels.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProfileAnswer {
     profile_id: String,
+    #[schema(value_type = Option<String>)]
     customer_user_id: Option<Arc<str>>,
+    /// Any listed level grants access at `checked_at`.
     premium: bool,
+    #[schema(value_type = BTreeMap<String, LevelView>)]
     access_levels: BTreeMap<Arc<str>, LevelView>,
     checked_at: String,
 }
 
-#[derive(Debug, Serialize)]
-struct UserAnswer {
+/// A user's access over every profile that carries the `customer_user_id`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserAnswer {
     customer_user_id: String,
+    #[schema(value_type = Vec<String>)]
     profile_ids: Vec<Arc<str>>,
     premium: bool,
+    #[schema(value_type = BTreeMap<String, LevelView>)]
     access_levels: BTreeMap<Arc<str>, LevelView>,
     checked_at: String,
 }
@@ -81,20 +98,33 @@ fn wanted(level: &LevelAccess, query: &AccessQuery) -> bool {
         .is_none_or(|wanted| *level.access_level_id == *wanted)
 }
 
+/// Is this profile premium right now?
+#[utoipa::path(
+    tag = "access",
+    params(("profile_id" = String, Path, description = "Adapty's profile id"), AccessQuery),
+    responses(
+        (status = 200, body = ProfileAnswer),
+        (status = 401, description = "--read-token is set and was not given", body = ErrorBody),
+        (status = 503, description = "Start-up is not finished", body = ErrorBody)
+    ),
+    security((), ("read_token" = []))
+)]
+#[get("/profiles/{profile_id}/access")]
 pub async fn profile(
     request: HttpRequest,
     path: web::Path<String>,
     query: web::Query<AccessQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.read_auth.check(&request)?;
+    ready_to_read(&request, &state)?;
+    telemetry::lookup("profile");
     let now = Timestamp::now();
     let profile_id = path.into_inner();
-    let (customer_user_id, access_levels) = state.index.with_profile(&profile_id, |profile| {
-        let Some(profile) = profile else {
+    let (customer_user_id, access_levels) = state.index.with_profile(&profile_id, |known| {
+        let Some(known) = known else {
             return (None, BTreeMap::new());
         };
-        let levels = profile
+        let levels = known
             .levels
             .iter()
             .filter(|level| wanted(level, &query))
@@ -105,7 +135,7 @@ pub async fn profile(
                 )
             })
             .collect();
-        (profile.customer_user_id.clone(), levels)
+        (known.customer_user_id.clone(), levels)
     });
     Ok(HttpResponse::Ok().json(ProfileAnswer {
         profile_id,
@@ -116,20 +146,33 @@ pub async fn profile(
     }))
 }
 
+/// Is this user (your own id, over all their profiles) premium right now?
+#[utoipa::path(
+    tag = "access",
+    params(("customer_user_id" = String, Path, description = "Your own user id, as set in Adapty"), AccessQuery),
+    responses(
+        (status = 200, body = UserAnswer),
+        (status = 401, description = "--read-token is set and was not given", body = ErrorBody),
+        (status = 503, description = "Start-up is not finished", body = ErrorBody)
+    ),
+    security((), ("read_token" = []))
+)]
+#[get("/users/{customer_user_id}/access")]
 pub async fn user(
     request: HttpRequest,
     path: web::Path<String>,
     query: web::Query<AccessQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.read_auth.check(&request)?;
+    ready_to_read(&request, &state)?;
+    telemetry::lookup("user");
     let now = Timestamp::now();
     let customer_user_id = path.into_inner();
     let profile_ids = state.index.profiles_of_user(&customer_user_id);
     let mut access_levels: BTreeMap<Arc<str>, LevelView> = BTreeMap::new();
     for profile_id in &profile_ids {
-        state.index.with_profile(profile_id, |profile| {
-            for level in profile.iter().flat_map(|p| &p.levels) {
+        state.index.with_profile(profile_id, |known| {
+            for level in known.iter().flat_map(|p| &p.levels) {
                 if !wanted(level, &query) {
                     continue;
                 }
@@ -150,6 +193,15 @@ pub async fn user(
         access_levels,
         checked_at: now.to_rfc3339(),
     }))
+}
+
+/// Authorized, and the index holds everything committed (else "no" could be wrong).
+fn ready_to_read(request: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    state.read_auth.check(request)?;
+    if !state.status.is_warmed() {
+        return Err(ApiError::NotReady("the index is warming".into()));
+    }
+    Ok(())
 }
 
 /// Across a user's profiles, the level to show: an active one over an inactive one;

@@ -16,13 +16,14 @@ pub enum Caller {
 }
 
 /// The webhook's tokens: Adapty sends the exact configured value as `Authorization`.
+/// Each environment may have a previous token too, accepted while tokens rotate.
 pub struct WebhookAuth {
-    production: Option<SecretString>,
-    sandbox: Option<SecretString>,
+    production: [Option<SecretString>; 2],
+    sandbox: [Option<SecretString>; 2],
 }
 
 impl WebhookAuth {
-    pub fn new(production: Option<SecretString>, sandbox: Option<SecretString>) -> Self {
+    pub fn new(production: [Option<SecretString>; 2], sandbox: [Option<SecretString>; 2]) -> Self {
         WebhookAuth {
             production,
             sandbox,
@@ -30,7 +31,10 @@ impl WebhookAuth {
     }
 
     pub fn is_open(&self) -> bool {
-        self.production.is_none() && self.sandbox.is_none()
+        self.production
+            .iter()
+            .chain(&self.sandbox)
+            .all(Option::is_none)
     }
 
     pub fn check(&self, request: &HttpRequest) -> Result<Caller, ApiError> {
@@ -38,10 +42,14 @@ impl WebhookAuth {
             return Ok(Caller::Open);
         }
         let given = authorization(request);
-        // Both comparisons run, whichever matches.
-        let production = token_matches(&self.production, given);
-        let sandbox = token_matches(&self.sandbox, given);
-        match (production, sandbox) {
+        // Every comparison runs, whichever matches.
+        let any = |tokens: &[Option<SecretString>; 2]| {
+            tokens
+                .iter()
+                .map(|t| token_matches(t, given))
+                .fold(false, |a, b| a | b)
+        };
+        match (any(&self.production), any(&self.sandbox)) {
             (true, _) => Ok(Caller::Production),
             (false, true) => Ok(Caller::Sandbox),
             (false, false) => Err(ApiError::Unauthorized),

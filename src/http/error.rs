@@ -6,8 +6,9 @@
 use crate::adapty::ParseError;
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
+use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
+use utoipa::ToSchema;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -32,9 +33,9 @@ pub enum ApiError {
     /// 404.
     #[error("no such route")]
     NotFound,
-    /// 405.
-    #[error("method not allowed")]
-    MethodNotAllowed,
+    /// 503: start-up is not finished (the index is warming) or shutdown has begun.
+    #[error("not ready: {0}")]
+    NotReady(String),
     /// 503: more events are waiting for the writer than it takes.
     #[error("too many events are waiting to be stored; retry shortly")]
     Saturated,
@@ -45,7 +46,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn code(&self) -> &'static str {
+    pub fn code(&self) -> &'static str {
         match self {
             ApiError::Malformed(e) => e.code(),
             ApiError::BodyTooLarge { .. } => "body_too_large",
@@ -54,7 +55,7 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::SandboxTokenForProduction => "sandbox_token_for_production",
             ApiError::NotFound => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::NotReady(_) => "not_ready",
             ApiError::Saturated => "saturated",
             ApiError::StoreUnavailable { .. } => "store_unavailable",
         }
@@ -83,8 +84,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::SandboxTokenForProduction => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Saturated | ApiError::StoreUnavailable { .. } => {
+            ApiError::NotReady(_) | ApiError::Saturated | ApiError::StoreUnavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -98,6 +98,21 @@ impl ResponseError for ApiError {
         if matches!(self, ApiError::Unauthorized) {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
-        response.json(json!({"error": self.code(), "message": self.to_string()}))
+        response.json(ErrorBody {
+            error: self.code(),
+            message: self.to_string(),
+        })
     }
+}
+
+/// Every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// A stable machine code: `invalid_json`, `not_an_object`, `missing_field`,
+    /// `invalid_field`, `body_too_large`, `unreadable_body`, `bad_request`,
+    /// `unauthorized`, `sandbox_token_for_production`, `not_found`, `not_ready`,
+    /// `saturated`, `store_unavailable`.
+    pub error: &'static str,
+    /// For people; a 503 from the store carries a reference that is also in the log.
+    pub message: String,
 }

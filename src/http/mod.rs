@@ -1,60 +1,178 @@
-//! The HTTP surface: routes, shared state, and JSON answers for what actix would
-//! otherwise answer in plain text.
+//! The HTTP surface: routes, shared state, the OpenAPI document (generated from the
+//! handlers' annotations as they are registered), request spans and metrics, and JSON
+//! answers for what actix would otherwise answer in plain text.
 
 pub mod access;
 pub mod auth;
 pub mod error;
+pub mod health;
 pub mod webhook;
 
 use crate::adapty::EventNames;
 use crate::index::Index;
+use crate::status::Status;
 use crate::store::writer::WriterHandle;
-use actix_web::web;
+use crate::telemetry;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage};
 use auth::{ReadAuth, WebhookAuth};
 use error::ApiError;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
+use tracing::Span;
+use tracing_actix_web::{RequestId, RootSpanBuilder};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 
 /// Built once, outside the server factory, and shared by every worker.
 pub struct AppState {
     pub writer: WriterHandle,
     pub index: Arc<Index>,
+    pub status: Arc<Status>,
     pub event_names: Arc<EventNames>,
     pub webhook_auth: WebhookAuth,
     pub read_auth: ReadAuth,
+    /// The database file, for its size in `/metrics`.
+    pub db_path: PathBuf,
 }
 
-pub fn routes(config: &mut web::ServiceConfig) {
+/// The parts of the OpenAPI document that are not in a handler's annotation.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "entitled",
+        description = "Adapty subscription webhooks in; \"is this user premium right now?\" out."
+    ),
+    modifiers(&Security)
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "webhook_token",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "The exact value entered in Adapty's dashboard (no Bearer prefix)",
+            ))),
+        );
+        components.add_security_scheme(
+            "read_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every route. Registered through `utoipa_actix_web`, so a route that is served is a
+/// route that is documented.
+pub fn routes(config: &mut utoipa_actix_web::service_config::ServiceConfig<'_>) {
     config
-        .app_data(
-            web::QueryConfig::default()
-                .error_handler(|e, _| ApiError::BadRequest(e.to_string()).into()),
-        )
-        .app_data(
-            web::PathConfig::default()
-                .error_handler(|e, _| ApiError::BadRequest(e.to_string()).into()),
-        )
-        .service(
-            web::resource("/webhooks/adapty")
-                .route(web::post().to(webhook::receive))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/profiles/{profile_id}/access")
-                .route(web::get().to(access::profile))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/users/{customer_user_id}/access")
-                .route(web::get().to(access::user))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .default_service(web::to(not_found));
+        .service(webhook::receive)
+        .service(access::profile)
+        .service(access::user)
+        .service(health::healthz)
+        .service(health::readyz)
+        .service(health::metrics)
+        .service(health::openapi);
 }
 
-async fn not_found() -> Result<&'static str, ApiError> {
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|e, _| ApiError::BadRequest(e.to_string()).into())
+}
+
+pub async fn not_found() -> Result<&'static str, ApiError> {
     Err(ApiError::NotFound)
 }
 
-async fn method_not_allowed() -> Result<&'static str, ApiError> {
-    Err(ApiError::MethodNotAllowed)
+/// Per request: latency by route (the pattern, never the raw path) and the request id
+/// echoed as `x-request-id`.
+pub async fn observe(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let request_id = request.extensions().get::<RequestId>().copied();
+    let mut response = next.call(request).await?;
+    let route = response
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".into());
+    telemetry::http_request(
+        route,
+        method,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(&id.to_string()).ok()) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), id);
+    }
+    Ok(response)
+}
+
+/// The request span: method, route, request id, status and error; never the client's
+/// address, user agent or body.
+pub struct RootSpan;
+
+impl RootSpanBuilder for RootSpan {
+    fn on_request_start(request: &ServiceRequest) -> Span {
+        let request_id = request
+            .extensions()
+            .get::<RequestId>()
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        tracing::info_span!(
+            "request",
+            method = %request.method(),
+            route = %request.match_pattern().unwrap_or_else(|| "unmatched".into()),
+            request_id = %request_id,
+            status = tracing::field::Empty,
+            error = tracing::field::Empty,
+        )
+    }
+
+    fn on_request_end<B: MessageBody>(
+        span: Span,
+        outcome: &Result<ServiceResponse<B>, actix_web::Error>,
+    ) {
+        let (status, error) = match outcome {
+            Ok(response) => (
+                response.status(),
+                response.response().error().map(|e| e.to_string()),
+            ),
+            Err(error) => (
+                error.as_response_error().status_code(),
+                Some(error.to_string()),
+            ),
+        };
+        span.record("status", status.as_u16());
+        if let Some(error) = &error {
+            span.record("error", error.as_str());
+        }
+        let _entered = span.enter();
+        if status.is_server_error() {
+            tracing::error!(
+                status = status.as_u16(),
+                error = error.as_deref(),
+                "request failed"
+            );
+        } else if status.is_client_error() {
+            tracing::info!(
+                status = status.as_u16(),
+                error = error.as_deref(),
+                "request refused"
+            );
+        } else {
+            tracing::debug!(status = status.as_u16(), "request served");
+        }
+    }
 }

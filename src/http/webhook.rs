@@ -3,33 +3,82 @@
 
 use super::auth::Caller;
 use super::error::ApiError;
+use super::error::ErrorBody;
 use super::AppState;
 use crate::adapty::{self, Webhook};
 use crate::store::writer::{Outcome, SendError};
+use crate::telemetry;
 use actix_web::http::header::CONTENT_LENGTH;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{post, web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
+use serde::Serialize;
 use serde_json::json;
 use std::time::Duration;
+use utoipa::ToSchema;
 
 /// Adapty's bodies are a few KB; this leaves room for large attribution blocks.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// Adapty gives up after 10 s; past this we answer 503 ourselves so it retries.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(8);
 
+/// The answer to an event.
+#[derive(Serialize, ToSchema)]
+pub struct EventAnswer {
+    /// `stored` (new, committed with its effect) or `duplicate` (seen before: nothing changed).
+    status: &'static str,
+    profile_event_id: String,
+}
+
+/// The endpoint Adapty calls: verification requests and events.
+#[utoipa::path(
+    tag = "webhook",
+    request_body(
+        content = serde_json::Value,
+        description = "An Adapty webhook body; `{}` or `{\"adapty_check\": s}` to verify",
+        content_type = "application/json"
+    ),
+    responses(
+        (status = 200, description = "Stored or duplicate (verification: `{}` or `{\"adapty_check_response\": s}`)", body = EventAnswer),
+        (status = 400, description = "Never processable: Adapty does not retry", body = ErrorBody),
+        (status = 401, description = "Missing or wrong Authorization", body = ErrorBody),
+        (status = 403, description = "The sandbox token with a Production event", body = ErrorBody),
+        (status = 503, description = "Transient: Adapty retries", body = ErrorBody)
+    ),
+    security((), ("webhook_token" = []))
+)]
+#[post("/webhooks/adapty")]
 pub async fn receive(
     request: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let result = handle(request, payload, state).await;
+    match &result {
+        Ok((_, outcome)) => telemetry::webhook(outcome),
+        Err(ApiError::Unauthorized) => telemetry::webhook("unauthorized"),
+        Err(e) if e.status_code().is_client_error() => telemetry::webhook_refused(e.code()),
+        Err(_) => telemetry::webhook("failed"),
+    }
+    result.map(|(response, _)| response)
+}
+
+/// The webhook, and the outcome label of its metric.
+async fn handle(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<(HttpResponse, &'static str), ApiError> {
     let caller = state.webhook_auth.check(&request)?;
     let body = read_body(&request, payload).await?;
     let received = match adapty::parse(&body, &state.event_names)? {
         Webhook::Verification {
             adapty_check: Some(check),
-        } => return Ok(HttpResponse::Ok().json(json!({ "adapty_check_response": check }))),
+        } => {
+            let answer = json!({ "adapty_check_response": check });
+            return Ok((HttpResponse::Ok().json(answer), "verification"));
+        }
         Webhook::Verification { adapty_check: None } => {
-            return Ok(HttpResponse::Ok().json(json!({})))
+            return Ok((HttpResponse::Ok().json(json!({})), "verification"));
         }
         Webhook::Event(received) => received,
     };
@@ -41,7 +90,10 @@ pub async fn receive(
     if caller == Caller::Sandbox && is_production {
         return Err(ApiError::SandboxTokenForProduction);
     }
-    let id = received.event.id.clone();
+    if !state.status.is_warmed() {
+        return Err(ApiError::NotReady("the index is warming".into()));
+    }
+    let id = received.event.id.to_string();
     let deadline = tokio::time::Instant::now() + ANSWER_WITHIN;
     let answer = state
         .writer
@@ -61,11 +113,16 @@ pub async fn receive(
             ))
         }
     };
-    let status = match outcome {
-        Outcome::Stored => "stored",
-        Outcome::Duplicate => "duplicate",
+    let (status, label) = match outcome {
+        Outcome::Stored => ("stored", "stored"),
+        Outcome::Ignored => ("stored", "ignored"),
+        Outcome::Duplicate => ("duplicate", "duplicate"),
     };
-    Ok(HttpResponse::Ok().json(json!({ "status": status, "profile_event_id": &*id })))
+    let answer = EventAnswer {
+        status,
+        profile_event_id: id,
+    };
+    Ok((HttpResponse::Ok().json(answer), label))
 }
 
 /// Reads the body up to [`MAX_BODY_BYTES`], refusing early on a declared length.

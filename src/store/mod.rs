@@ -188,6 +188,18 @@ pub fn each_entitlement(
     Ok(())
 }
 
+/// `received_at` of the newest stored event.
+pub fn newest_received(conn: &Connection) -> Result<Option<Timestamp>, StoreError> {
+    let newest: Option<String> = conn
+        .query_row(
+            "SELECT received_at FROM events ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    time(newest)
+}
+
 /// Every profile with a known `customer_user_id`, for warming the index.
 pub fn each_customer_user_id(
     conn: &Connection,

@@ -11,6 +11,8 @@ use super::StoreError;
 use crate::adapty::ReceivedEvent;
 use crate::index::{Change, Index};
 use crate::projection::{self, Event, Rules};
+use crate::status::Status;
+use crate::telemetry;
 use crate::timestamp::Timestamp;
 use rusqlite::{params, Connection, TransactionBehavior};
 use std::sync::Arc;
@@ -28,6 +30,9 @@ pub const QUEUE_CAPACITY: usize = 4096;
 pub enum Outcome {
     /// Stored, and folded into the projection.
     Stored,
+    /// Stored; it touches no access level (an unknown or annotation-only type, an
+    /// ignored sandbox event, a consumable).
+    Ignored,
     /// Its `profile_event_id` was stored before: nothing changed.
     Duplicate,
 }
@@ -87,39 +92,38 @@ impl WriterHandle {
     }
 }
 
-/// Starts the writer thread on `conn`.
-pub fn start(
-    conn: Connection,
-    index: Arc<Index>,
-    rules: Arc<Rules>,
-    decode: Arc<Decode>,
-) -> std::io::Result<(WriterHandle, JoinHandle<()>)> {
+/// The writer's queue, before its thread starts: handlers may hold the handle (and
+/// be told to come back) while the index warms.
+pub fn queue() -> (WriterHandle, Queue) {
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-    let writer = Writer {
-        conn,
-        index,
-        rules,
-        decode,
-    };
-    let thread = std::thread::Builder::new()
-        .name("entitled-writer".into())
-        .spawn(move || writer.run(rx))?;
-    Ok((WriterHandle { tx }, thread))
+    (WriterHandle { tx }, Queue(rx))
 }
+
+/// The receiving end of [`queue`].
+pub struct Queue(mpsc::Receiver<Command>);
 
 struct Ingest {
     event: Box<ReceivedEvent>,
     reply: oneshot::Sender<Reply>,
 }
 
-struct Writer {
-    conn: Connection,
-    index: Arc<Index>,
-    rules: Arc<Rules>,
-    decode: Arc<Decode>,
+/// Everything the writer thread owns.
+pub struct Writer {
+    pub conn: Connection,
+    pub index: Arc<Index>,
+    pub status: Arc<Status>,
+    pub rules: Arc<Rules>,
+    pub decode: Arc<Decode>,
 }
 
 impl Writer {
+    /// Starts the writer thread on the queue.
+    pub fn start(self, queue: Queue) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("entitled-writer".into())
+            .spawn(move || self.run(queue.0))
+    }
+
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut stopping = false;
@@ -203,8 +207,16 @@ impl Writer {
                     "batch committed"
                 );
                 for (command, reply) in batch.drain(..).zip(replies) {
-                    if let Err(error) = &reply {
-                        tracing::error!(profile_event_id = %command.event.event.id, error = %error, "event not stored");
+                    match &reply {
+                        Ok(Outcome::Stored | Outcome::Ignored) => telemetry::event_stored(
+                            command.event.event.event_type.map(|t| t.name()),
+                        ),
+                        Ok(Outcome::Duplicate) => {}
+                        Err(error) => tracing::error!(
+                            profile_event_id = %command.event.event.id,
+                            error = %error,
+                            "event not stored"
+                        ),
                     }
                     // The handler may have given up waiting; the event is stored anyway.
                     let _ = command.reply.send(reply);
@@ -212,6 +224,7 @@ impl Writer {
             }
             Err(error) => {
                 tracing::error!(size, error = %error, "batch rolled back; Adapty will retry");
+                self.status.record_failure(error.to_string());
                 let error = Arc::new(error);
                 for command in batch.drain(..) {
                     let _ = command.reply.send(Err(error.clone()));
@@ -255,7 +268,7 @@ fn ingest(
     }
     record_profile(conn, event, changes)?;
     let Some(level) = rules.level_of(event) else {
-        return Ok(Outcome::Stored);
+        return Ok(Outcome::Ignored);
     };
     let saved = super::entitlement(conn, &event.profile_id, &level)?;
     let next = projection::fold_arrival(saved.clone(), event, || {

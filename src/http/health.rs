@@ -1,0 +1,89 @@
+//! Operations: liveness, readiness, metrics, and the OpenAPI document.
+
+use super::AppState;
+use crate::telemetry;
+use crate::timestamp::Timestamp;
+use actix_web::{get, web, HttpResponse};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+#[derive(Serialize, ToSchema)]
+pub struct HealthAnswer {
+    /// `ok`, or `unavailable`.
+    status: &'static str,
+    /// Why not ready, when not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+/// 200 while the process serves HTTP.
+#[utoipa::path(tag = "operations", responses((status = 200, body = HealthAnswer)))]
+#[get("/healthz")]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(HealthAnswer {
+        status: "ok",
+        reason: None,
+    })
+}
+
+/// 200 when the database is open, its last write succeeded, and the index is warm;
+/// 503 with the reason otherwise (start-up on a large database, a storage error).
+#[utoipa::path(
+    tag = "operations",
+    responses(
+        (status = 200, body = HealthAnswer),
+        (status = 503, description = "Not ready, and why", body = HealthAnswer)
+    )
+)]
+#[get("/readyz")]
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    match state.status.readiness() {
+        Ok(()) => HttpResponse::Ok().json(HealthAnswer {
+            status: "ok",
+            reason: None,
+        }),
+        Err(reason) => HttpResponse::ServiceUnavailable().json(HealthAnswer {
+            status: "unavailable",
+            reason: Some(reason),
+        }),
+    }
+}
+
+/// Prometheus text format.
+#[utoipa::path(
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain"))
+)]
+#[get("/metrics")]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let now = Timestamp::now();
+    let counts = state.index.counts(now);
+    let file_size = |suffix: &str| {
+        let mut path = state.db_path.clone().into_os_string();
+        path.push(suffix);
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    };
+    let body = telemetry::scrape(telemetry::Snapshot {
+        profiles: counts.profiles,
+        entitlements: counts.entitlements,
+        active_by_level: &counts.active_by_level,
+        database_bytes: file_size("") + file_size("-wal"),
+        newest_event_age_seconds: state
+            .status
+            .newest_received()
+            .map(|t| (now.as_micros() - t.as_micros()) as f64 / 1e6),
+    });
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(body)
+}
+
+/// This document.
+#[utoipa::path(
+    tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3 description of every route", content_type = "application/json"))
+)]
+#[get("/openapi.json")]
+pub async fn openapi(api: web::Data<utoipa::openapi::OpenApi>) -> HttpResponse {
+    HttpResponse::Ok().json(api.get_ref())
+}
