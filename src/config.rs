@@ -25,6 +25,23 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: receive webhooks, answer access lookups.
     Serve(ServeArgs),
+    /// Recompute the entitlements from the event log (after changing --event-names,
+    /// --product-levels or --sandbox), in one transaction. Refuses while a daemon runs
+    /// on the file: its in-memory index would not know.
+    Rebuild(RebuildArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RebuildArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    #[command(flatten)]
+    pub projection: ProjectionArgs,
+
+    /// Write nothing; exit 1 when the table differs from what the log says.
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -175,6 +192,7 @@ mod tests {
             .chain(args.iter().copied());
         Cli::try_parse_from(argv).map(|cli| match cli.command {
             Command::Serve(args) => args,
+            other => panic!("parsed as {other:?}"),
         })
     }
 

@@ -16,8 +16,7 @@ pub mod timestamp;
 
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
-use adapty::Webhook;
-use config::ServeArgs;
+use config::{RebuildArgs, ServeArgs};
 use http::auth::{ReadAuth, WebhookAuth};
 use http::AppState;
 use index::{Change, Index};
@@ -57,6 +56,7 @@ pub enum ServeError {
 /// writer holds, checkpoint, return.
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let conn = store::open(&args.store.db, args.store.synchronous)?;
+    let _lock = store::lock_for_writing(&args.store.db)?;
     telemetry::metrics_handle();
 
     let status = Arc::new(Status::new());
@@ -130,13 +130,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "index warmed"
     );
-    let decode: Arc<Decode> =
-        Arc::new(
-            move |body: &str| match adapty::parse(body.as_bytes(), &event_names) {
-                Ok(Webhook::Event(received)) => Some(received.event),
-                _ => None,
-            },
-        );
+    let decode: Arc<Decode> = Arc::new(move |body: &str| adapty::decode_stored(body, &event_names));
     let writer_thread = Writer {
         conn,
         index,
@@ -161,6 +155,16 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         .map_err(|_| ServeError::WriterPanicked)?;
     tracing::info!("stopped");
     Ok(served?)
+}
+
+/// `entitled rebuild`: folds the whole event log again under the given configuration.
+/// With `check`, writes nothing and reports whether the table differs.
+pub fn rebuild(args: RebuildArgs) -> Result<store::rebuild::Summary, store::StoreError> {
+    let mut conn = store::open(&args.store.db, args.store.synchronous)?;
+    let _lock = store::lock_for_writing(&args.store.db)?;
+    let names = args.projection.event_names.clone();
+    let decode = move |body: &str| adapty::decode_stored(body, &names);
+    store::rebuild::rebuild(&mut conn, &args.projection.rules(), &decode, !args.check)
 }
 
 /// Loads committed state into the index.

@@ -10,7 +10,27 @@ fn main() -> ExitCode {
             match actix_web::rt::System::new().block_on(entitled::serve(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
-                    tracing::error!(%error, "entitled stopped");
+                    eprintln!("entitled: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Rebuild(args) => {
+            let check = args.check;
+            match entitled::rebuild(args) {
+                Ok(summary) if check && summary.differs() => {
+                    println!("differs: {summary}");
+                    ExitCode::FAILURE
+                }
+                Ok(summary) if check => {
+                    println!("matches: {summary}");
+                    ExitCode::SUCCESS
+                }
+                Ok(summary) => {
+                    println!("rebuilt: {summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
                     eprintln!("entitled: {error}");
                     ExitCode::FAILURE
                 }

@@ -125,6 +125,15 @@ pub fn parse(body: &[u8], names: &EventNames) -> Result<Webhook, ParseError> {
     })))
 }
 
+/// Reads back a body the `events` table holds, under the current names. `None` only
+/// for a body that is not an event (none is ever stored).
+pub fn decode_stored(body: &str, names: &EventNames) -> Option<Event> {
+    match parse(body.as_bytes(), names) {
+        Ok(Webhook::Event(received)) => Some(received.event),
+        _ => None,
+    }
+}
+
 fn invalid(field: &str, expected: &'static str) -> ParseError {
     ParseError::InvalidField {
         field: field.to_owned(),

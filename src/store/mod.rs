@@ -1,6 +1,7 @@
 //! SQLite: the schema, the pragmas, and the rows of `entitlements` and `profiles`.
 //! One writer thread ([`writer`]) owns the write connection; nothing else writes.
 
+pub mod rebuild;
 pub mod writer;
 
 use crate::config::Synchronous;
@@ -27,10 +28,58 @@ pub enum StoreError {
     ForeignFile { path: String, found: i64 },
     #[error("{path} has schema version {found}, newer than this entitled ({SCHEMA_VERSION}); upgrade entitled")]
     NewerSchema { path: String, found: i64 },
+    #[error("{path} is in use by a running entitled (stop it first, or use a read-only command)")]
+    InUse { path: String },
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
+}
+
+/// Holds the database for one writing process (the daemon, `rebuild`, `import`):
+/// an advisory `flock` on the file itself, released when the guard drops or the
+/// process dies. SQLite's own locks are separate; readers never take this one.
+pub struct WriterLock(#[allow(dead_code)] std::fs::File);
+
+pub fn lock_for_writing(path: &Path) -> Result<WriterLock, StoreError> {
+    let display = || path.display().to_string();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .open(path)
+        .map_err(|source| StoreError::Lock {
+            path: display(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(WriterLock(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse { path: display() }),
+        Err(std::fs::TryLockError::Error(source)) => Err(StoreError::Lock {
+            path: display(),
+            source,
+        }),
+    }
+}
+
+/// Opens an existing database for reading only: safe beside a running daemon.
+pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let application_id: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    if application_id != APPLICATION_ID {
+        return Err(StoreError::ForeignFile {
+            path: path.display().to_string(),
+            found: application_id,
+        });
+    }
+    Ok(conn)
 }
 
 /// Opens (creating if missing) the database, sets the pragmas, and creates or checks

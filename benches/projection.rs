@@ -1,0 +1,4 @@
+//! Placeholder replaced by the benchmark suite (see BENCHMARKS.md).
+fn main() {
+    divan::main();
+}

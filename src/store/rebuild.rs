@@ -1,0 +1,162 @@
+//! Recomputes the projection from the event log: after a change of `--event-names`,
+//! `--product-levels` or `--sandbox`, and as the check that the live table is what
+//! the log says (the crash tests use it).
+
+use super::writer::Decode;
+use super::{entitlement_row, save_entitlement, StoreError, ENTITLEMENT_COLUMNS};
+use crate::projection::{self, Entitlement, Event, Rules};
+use rusqlite::{params, Connection, TransactionBehavior};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// What a rebuild found (and, unless checking, changed).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub events: u64,
+    pub profiles: u64,
+    pub unchanged: u64,
+    pub changed: u64,
+    pub added: u64,
+    pub removed: u64,
+    /// Events whose `canonical_type` the current `--event-names` names otherwise.
+    pub retyped: u64,
+}
+
+impl Summary {
+    pub fn differs(&self) -> bool {
+        self.changed + self.added + self.removed + self.retyped > 0
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} events of {} profiles; entitlements: {} unchanged, {} changed, {} added, {} removed; \
+             {} events retyped",
+            self.events,
+            self.profiles,
+            self.unchanged,
+            self.changed,
+            self.added,
+            self.removed,
+            self.retyped
+        )
+    }
+}
+
+/// Folds every profile's events again under `rules` and compares with `entitlements`.
+/// With `write`, makes the table (and `events.canonical_type`) match, in one
+/// transaction; without, only counts. The caller holds the writer lock.
+pub fn rebuild(
+    conn: &mut Connection,
+    rules: &Rules,
+    decode: &Decode,
+    write: bool,
+) -> Result<Summary, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut summary = Summary::default();
+    let mut retype: Vec<(i64, Option<&'static str>)> = Vec::new();
+    {
+        let mut stmt = tx.prepare(
+            "SELECT seq, profile_id, canonical_type, body FROM events ORDER BY profile_id, seq",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut profile: Option<String> = None;
+        let mut events: Vec<Event> = Vec::new();
+        while let Some(row) = rows.next()? {
+            let seq: i64 = row.get(0)?;
+            let profile_id: String = row.get(1)?;
+            let stored_type: Option<String> = row.get(2)?;
+            let body: String = row.get(3)?;
+            let event = decode(&body)
+                .ok_or_else(|| StoreError::Corrupt(format!("event {seq} no longer parses")))?;
+            let canonical = event.event_type.map(|t| t.name());
+            if stored_type.as_deref() != canonical {
+                retype.push((seq, canonical));
+            }
+            if profile.as_deref() != Some(&profile_id) {
+                if let Some(done) = profile.take() {
+                    reconcile(&tx, &done, &events, rules, write, &mut summary)?;
+                }
+                events.clear();
+                profile = Some(profile_id);
+            }
+            events.push(event);
+            summary.events += 1;
+        }
+        if let Some(done) = profile {
+            reconcile(&tx, &done, &events, rules, write, &mut summary)?;
+        }
+    }
+    // Rows of profiles with no events at all (hand-made): the log says nothing of them.
+    let orphans: i64 = tx.query_row(
+        "SELECT count(*) FROM entitlements WHERE profile_id NOT IN (SELECT profile_id FROM events)",
+        [],
+        |r| r.get(0),
+    )?;
+    summary.removed += orphans.unsigned_abs();
+    summary.retyped = retype.len() as u64;
+    if write {
+        tx.execute(
+            "DELETE FROM entitlements WHERE profile_id NOT IN (SELECT profile_id FROM events)",
+            [],
+        )?;
+        let mut update = tx.prepare("UPDATE events SET canonical_type = ?2 WHERE seq = ?1")?;
+        for (seq, canonical) in &retype {
+            update.execute(params![seq, canonical])?;
+        }
+        drop(update);
+        tx.commit()?;
+    }
+    Ok(summary)
+}
+
+/// Compares one profile's folded levels with its rows, and writes the difference.
+fn reconcile(
+    conn: &Connection,
+    profile_id: &str,
+    events: &[Event],
+    rules: &Rules,
+    write: bool,
+    summary: &mut Summary,
+) -> Result<(), StoreError> {
+    summary.profiles += 1;
+    let folded: BTreeMap<Arc<str>, Entitlement> = projection::project(events, rules)
+        .into_iter()
+        .map(|((_, level), e)| (level, e))
+        .collect();
+    let mut stored: BTreeMap<String, Entitlement> = BTreeMap::new();
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ENTITLEMENT_COLUMNS} FROM entitlements WHERE profile_id = ?1"
+    ))?;
+    let mut rows = stmt.query(params![profile_id])?;
+    while let Some(row) = rows.next()? {
+        let row = entitlement_row(row)??;
+        stored.insert(row.access_level_id, row.entitlement);
+    }
+    for (level, entitlement) in &folded {
+        match stored.remove(&**level) {
+            Some(old) if old == *entitlement => {
+                summary.unchanged += 1;
+                continue;
+            }
+            Some(_) => summary.changed += 1,
+            None => summary.added += 1,
+        }
+        if write {
+            save_entitlement(conn, profile_id, level, entitlement)?;
+        }
+    }
+    for level in stored.keys() {
+        summary.removed += 1;
+        if write {
+            conn.execute(
+                "DELETE FROM entitlements WHERE profile_id = ?1 AND access_level_id = ?2",
+                params![profile_id, level],
+            )?;
+        }
+    }
+    Ok(())
+}
