@@ -67,8 +67,31 @@ CREATE TABLE entitlements (
     last_event_id     TEXT NOT NULL,        -- profile_event_id of the newest event folded in
     last_event_type   TEXT NOT NULL,        -- its canonical type
     last_event_at     TEXT NOT NULL,        -- its event_datetime
+    reported_active   INTEGER NOT NULL DEFAULT 0, -- what access_changes last said of it
     PRIMARY KEY (profile_id, access_level_id)
 ) STRICT, WITHOUT ROWID;
+
+-- For the timer that reports expiries: the levels the feed calls active, by end.
+CREATE INDEX entitlements_reported_by_expiry ON entitlements (expires_at)
+    WHERE reported_active = 1 AND is_lifetime = 0 AND expires_at IS NOT NULL;
+-- And the ones it calls inactive that have a start ahead.
+CREATE INDEX entitlements_unreported_by_start ON entitlements (starts_at)
+    WHERE reported_active = 0 AND is_active = 1 AND starts_at IS NOT NULL;
+
+-- The change feed: every time a level's effective access flipped, in order. `seq` is
+-- the cursor of GET /changes. Written in the same transaction as the state it reports,
+-- so a restart or a duplicate never reports a change twice or skips one.
+CREATE TABLE access_changes (
+    seq              INTEGER PRIMARY KEY,
+    profile_id       TEXT NOT NULL,
+    access_level_id  TEXT NOT NULL,
+    active           INTEGER NOT NULL,      -- 1: gained access; 0: lost it
+    reason           TEXT NOT NULL,         -- the canonical event type that did it, or
+                                            -- 'expired' / 'started' (the clock), 'rebuild'
+    profile_event_id TEXT,                  -- the event, when one did it
+    expires_at       TEXT,                  -- the level's expires_at after the change
+    changed_at       TEXT NOT NULL          -- when entitled recorded the change
+) STRICT;
 
 -- What the read API answers, for a person at the prompt: the levels that grant access
 -- at this instant: active, and (lifetime, or no expires_at, or now < expires_at), and

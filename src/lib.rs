@@ -24,8 +24,9 @@ use status::Status;
 use std::io::Write;
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use store::writer::{self, Decode, Writer};
+use timestamp::Timestamp;
 use tracing_actix_web::TracingLogger;
 use utoipa::OpenApi;
 use utoipa_actix_web::AppExt;
@@ -104,6 +105,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             .wrap(from_fn(http::observe))
             .wrap(TracingLogger::<http::RootSpan>::new())
     })
+    // Bounded everything: request heads must arrive within 5 s, idle keep-alive
+    // connections close after 30 s, and each worker holds at most 10,000 connections.
+    .client_request_timeout(Duration::from_secs(5))
+    .client_disconnect_timeout(Duration::from_secs(1))
+    .keep_alive(Duration::from_secs(30))
+    .max_connections(10_000)
+    .backlog(2048)
     .listen(listener)?
     .shutdown_timeout(args.shutdown_timeout)
     .run();
@@ -140,6 +148,15 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     }
     .start(queue)?;
     status.set_warmed();
+    // The clock ends access with no event: let the writer report expiries each second.
+    let ticker = writer.clone();
+    actix_web::rt::spawn(async move {
+        let mut every_second = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            every_second.tick().await;
+            ticker.tick();
+        }
+    });
 
     // The one line on stdout: scripts and tests wait for it.
     let mut stdout = std::io::stdout();
@@ -164,7 +181,8 @@ pub fn rebuild(args: RebuildArgs) -> Result<store::rebuild::Summary, store::Stor
     let _lock = store::lock_for_writing(&args.store.db)?;
     let names = args.projection.event_names.clone();
     let decode = move |body: &str| adapty::decode_stored(body, &names);
-    store::rebuild::rebuild(&mut conn, &args.projection.rules(), &decode, !args.check)
+    let rules = args.projection.rules();
+    store::rebuild::rebuild(&mut conn, &rules, &decode, !args.check, Timestamp::now())
 }
 
 /// Loads committed state into the index.

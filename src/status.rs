@@ -3,8 +3,8 @@
 use crate::timestamp::Timestamp;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Mutex, PoisonError};
+use tokio::sync::watch;
 
-#[derive(Default)]
 pub struct Status {
     warmed: AtomicBool,
     stopped: AtomicBool,
@@ -12,11 +12,39 @@ pub struct Status {
     store_failure: Mutex<Option<String>>,
     /// `received_at` of the newest stored event, in microseconds; 0: none.
     newest_received: AtomicI64,
+    /// The newest committed `access_changes.seq`: long-polls wait on it.
+    newest_change: watch::Sender<i64>,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status {
+            warmed: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            store_failure: Mutex::new(None),
+            newest_received: AtomicI64::new(0),
+            newest_change: watch::Sender::new(0),
+        }
+    }
 }
 
 impl Status {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A change was committed to the feed.
+    pub fn record_change(&self, seq: i64) {
+        self.newest_change.send_if_modified(|newest| {
+            let newer = seq > *newest;
+            *newest = (*newest).max(seq);
+            newer
+        });
+    }
+
+    /// Wakes when a change newer than the one seen is committed.
+    pub fn watch_changes(&self) -> watch::Receiver<i64> {
+        self.newest_change.subscribe()
     }
 
     /// The index holds every committed row: reads may be answered.

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod changes;
 pub mod error;
 pub mod health;
 pub mod webhook;
@@ -77,6 +78,7 @@ pub fn routes(config: &mut utoipa_actix_web::service_config::ServiceConfig<'_>) 
         .service(webhook::receive)
         .service(access::profile)
         .service(access::user)
+        .service(changes::changes)
         .service(health::healthz)
         .service(health::readyz)
         .service(health::metrics)

@@ -20,6 +20,9 @@ use utoipa::ToSchema;
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// Adapty gives up after 10 s; past this we answer 503 ourselves so it retries.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(8);
+/// A body that takes longer than this to arrive is refused: a slow-drip client must
+/// not hold a connection (and memory) for as long as it likes.
+pub const BODY_WITHIN: Duration = Duration::from_secs(5);
 
 /// The answer to an event.
 #[derive(Serialize, ToSchema)]
@@ -69,7 +72,9 @@ async fn handle(
     state: web::Data<AppState>,
 ) -> Result<(HttpResponse, &'static str), ApiError> {
     let caller = state.webhook_auth.check(&request)?;
-    let body = read_body(&request, payload).await?;
+    let body = tokio::time::timeout(BODY_WITHIN, read_body(&request, payload))
+        .await
+        .map_err(|_| ApiError::UnreadableBody(format!("not complete within {BODY_WITHIN:?}")))??;
     let received = match adapty::parse(&body, &state.event_names)? {
         Webhook::Verification {
             adapty_check: Some(check),

@@ -138,13 +138,15 @@ fn time(text: Option<String>) -> Result<Option<Timestamp>, StoreError> {
 
 const ENTITLEMENT_COLUMNS: &str = "profile_id, access_level_id, is_active, expires_at, starts_at, \
      will_renew, is_lifetime, in_grace_period, is_refund, store, vendor_product_id, environment, \
-     last_event_id, last_event_type, last_event_at";
+     last_event_id, last_event_type, last_event_at, reported_active";
 
 /// One `entitlements` row, with its key.
 pub struct EntitlementRow {
     pub profile_id: String,
     pub access_level_id: String,
     pub entitlement: Entitlement,
+    /// What the change feed last said of the level: active or not.
+    pub reported_active: bool,
 }
 
 fn entitlement_row(row: &Row<'_>) -> rusqlite::Result<Result<EntitlementRow, StoreError>> {
@@ -172,6 +174,7 @@ fn entitlement_row(row: &Row<'_>) -> rusqlite::Result<Result<EntitlementRow, Sto
                     .ok_or_else(|| StoreError::Corrupt(format!("event type {last_type}")))?,
                 last_event_at: time(Some(row.get(14)?))?.unwrap_or(Timestamp::from_micros(0)),
             },
+            reported_active: row.get(15)?,
         })
     })();
     Ok(parsed)
@@ -182,7 +185,7 @@ pub fn entitlement(
     conn: &Connection,
     profile_id: &str,
     access_level_id: &str,
-) -> Result<Option<Entitlement>, StoreError> {
+) -> Result<Option<EntitlementRow>, StoreError> {
     let sql = format!(
         "SELECT {ENTITLEMENT_COLUMNS} FROM entitlements WHERE profile_id = ?1 AND access_level_id = ?2"
     );
@@ -190,7 +193,7 @@ pub fn entitlement(
         .prepare_cached(&sql)?
         .query_row(params![profile_id, access_level_id], entitlement_row)
         .optional()?;
-    Ok(row.transpose()?.map(|r| r.entitlement))
+    row.transpose()
 }
 
 pub fn save_entitlement(
@@ -198,11 +201,12 @@ pub fn save_entitlement(
     profile_id: &str,
     access_level_id: &str,
     e: &Entitlement,
+    reported_active: bool,
 ) -> Result<(), StoreError> {
     let text = |t: Option<Timestamp>| t.map(Timestamp::to_rfc3339);
     let sql = format!(
         "INSERT OR REPLACE INTO entitlements ({ENTITLEMENT_COLUMNS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
     );
     conn.prepare_cached(&sql)?.execute(params![
         profile_id,
@@ -220,7 +224,150 @@ pub fn save_entitlement(
         &*e.last_event_id,
         e.last_event_type.name(),
         e.last_event_at.to_rfc3339(),
+        reported_active,
     ])?;
+    Ok(())
+}
+
+/// Why a level's effective access flipped, for the change feed.
+#[derive(Clone, Copy, Debug)]
+pub enum ChangeReason<'a> {
+    /// An event did it.
+    Event {
+        event_type: EventType,
+        profile_event_id: &'a str,
+    },
+    /// `expires_at` passed with no event.
+    Expired,
+    /// `starts_at` came with no event.
+    Started,
+    /// `entitled rebuild` under another configuration.
+    Rebuild,
+}
+
+/// Appends to `access_changes`; returns the change's `seq`.
+pub fn record_change(
+    conn: &Connection,
+    profile_id: &str,
+    access_level_id: &str,
+    active: bool,
+    reason: ChangeReason<'_>,
+    expires_at: Option<Timestamp>,
+    now: Timestamp,
+) -> Result<i64, StoreError> {
+    let (reason, event_id) = match reason {
+        ChangeReason::Event {
+            event_type,
+            profile_event_id,
+        } => (event_type.name(), Some(profile_event_id)),
+        ChangeReason::Expired => ("expired", None),
+        ChangeReason::Started => ("started", None),
+        ChangeReason::Rebuild => ("rebuild", None),
+    };
+    conn.prepare_cached(
+        "INSERT INTO access_changes (profile_id, access_level_id, active, reason, \
+         profile_event_id, expires_at, changed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        profile_id,
+        access_level_id,
+        active,
+        reason,
+        event_id,
+        expires_at.map(Timestamp::to_rfc3339),
+        now.to_rfc3339(),
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// One row of `access_changes`, with the profile's `customer_user_id`.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct AccessChange {
+    /// The cursor: pass the last one seen as `after`.
+    pub seq: i64,
+    pub profile_id: String,
+    pub customer_user_id: Option<String>,
+    pub access_level_id: String,
+    /// `true`: gained access; `false`: lost it.
+    pub active: bool,
+    /// The canonical event type that did it, `expired` or `started` (the clock), or
+    /// `rebuild`.
+    pub reason: String,
+    pub profile_event_id: Option<String>,
+    pub expires_at: Option<String>,
+    pub changed_at: String,
+}
+
+/// The changes after `after`, oldest first, at most `limit`.
+pub fn changes_after(
+    conn: &Connection,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<AccessChange>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT c.seq, c.profile_id, p.customer_user_id, c.access_level_id, c.active, c.reason, \
+         c.profile_event_id, c.expires_at, c.changed_at \
+         FROM access_changes AS c LEFT JOIN profiles AS p USING (profile_id) \
+         WHERE c.seq > ?1 ORDER BY c.seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after, limit], |r| {
+        Ok(AccessChange {
+            seq: r.get(0)?,
+            profile_id: r.get(1)?,
+            customer_user_id: r.get(2)?,
+            access_level_id: r.get(3)?,
+            active: r.get(4)?,
+            reason: r.get(5)?,
+            profile_event_id: r.get(6)?,
+            expires_at: r.get(7)?,
+            changed_at: r.get(8)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The newest `access_changes.seq`, 0 when none.
+pub fn newest_change(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row(
+        "SELECT coalesce(max(seq), 0) FROM access_changes",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// The levels whose effective access the clock has flipped since the feed last said:
+/// reported active but past `expires_at`, or reported inactive but past `starts_at`.
+pub fn due_for_clock(conn: &Connection, now: Timestamp) -> Result<Vec<EntitlementRow>, StoreError> {
+    let sql = format!(
+        "SELECT {ENTITLEMENT_COLUMNS} FROM entitlements \
+         WHERE reported_active = 1 AND is_lifetime = 0 AND expires_at IS NOT NULL AND expires_at <= ?1 \
+         UNION ALL \
+         SELECT {ENTITLEMENT_COLUMNS} FROM entitlements \
+         WHERE reported_active = 0 AND is_active = 1 AND starts_at IS NOT NULL AND starts_at <= ?1"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params![now.to_rfc3339()])?;
+    let mut due = Vec::new();
+    while let Some(row) = rows.next()? {
+        let row = entitlement_row(row)??;
+        if row.entitlement.window.grants_at(now) != row.reported_active {
+            due.push(row);
+        }
+    }
+    Ok(due)
+}
+
+/// Sets what the feed last said of a level.
+pub fn set_reported(
+    conn: &Connection,
+    profile_id: &str,
+    access_level_id: &str,
+    active: bool,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE entitlements SET reported_active = ?3 WHERE profile_id = ?1 AND access_level_id = ?2",
+    )?
+    .execute(params![profile_id, access_level_id, active])?;
     Ok(())
 }
 

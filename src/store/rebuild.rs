@@ -3,8 +3,11 @@
 //! the log says (the crash tests use it).
 
 use super::writer::Decode;
-use super::{entitlement_row, save_entitlement, StoreError, ENTITLEMENT_COLUMNS};
+use super::{
+    entitlement_row, record_change, save_entitlement, ChangeReason, StoreError, ENTITLEMENT_COLUMNS,
+};
 use crate::projection::{self, Entitlement, Event, Rules};
+use crate::timestamp::Timestamp;
 use rusqlite::{params, Connection, TransactionBehavior};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -54,6 +57,7 @@ pub fn rebuild(
     rules: &Rules,
     decode: &Decode,
     write: bool,
+    now: Timestamp,
 ) -> Result<Summary, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut summary = Summary::default();
@@ -78,7 +82,7 @@ pub fn rebuild(
             }
             if profile.as_deref() != Some(&profile_id) {
                 if let Some(done) = profile.take() {
-                    reconcile(&tx, &done, &events, rules, write, &mut summary)?;
+                    reconcile(&tx, &done, &events, rules, write, now, &mut summary)?;
                 }
                 events.clear();
                 profile = Some(profile_id);
@@ -87,7 +91,7 @@ pub fn rebuild(
             summary.events += 1;
         }
         if let Some(done) = profile {
-            reconcile(&tx, &done, &events, rules, write, &mut summary)?;
+            reconcile(&tx, &done, &events, rules, write, now, &mut summary)?;
         }
     }
     // Rows of profiles with no events at all (hand-made): the log says nothing of them.
@@ -114,12 +118,14 @@ pub fn rebuild(
 }
 
 /// Compares one profile's folded levels with its rows, and writes the difference.
+/// A change of effective access it causes goes to the change feed as `rebuild`.
 fn reconcile(
     conn: &Connection,
     profile_id: &str,
     events: &[Event],
     rules: &Rules,
     write: bool,
+    now: Timestamp,
     summary: &mut Summary,
 ) -> Result<(), StoreError> {
     summary.profiles += 1;
@@ -127,31 +133,62 @@ fn reconcile(
         .into_iter()
         .map(|((_, level), e)| (level, e))
         .collect();
-    let mut stored: BTreeMap<String, Entitlement> = BTreeMap::new();
+    let mut stored: BTreeMap<String, (Entitlement, bool)> = BTreeMap::new();
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {ENTITLEMENT_COLUMNS} FROM entitlements WHERE profile_id = ?1"
     ))?;
     let mut rows = stmt.query(params![profile_id])?;
     while let Some(row) = rows.next()? {
         let row = entitlement_row(row)??;
-        stored.insert(row.access_level_id, row.entitlement);
+        stored.insert(row.access_level_id, (row.entitlement, row.reported_active));
     }
     for (level, entitlement) in &folded {
-        match stored.remove(&**level) {
-            Some(old) if old == *entitlement => {
+        let reported = match stored.remove(&**level) {
+            Some((old, _)) if old == *entitlement => {
                 summary.unchanged += 1;
                 continue;
             }
-            Some(_) => summary.changed += 1,
-            None => summary.added += 1,
-        }
+            Some((_, reported)) => {
+                summary.changed += 1;
+                reported
+            }
+            None => {
+                summary.added += 1;
+                false
+            }
+        };
         if write {
-            save_entitlement(conn, profile_id, level, entitlement)?;
+            let active = entitlement.window.grants_at(now);
+            if active != reported {
+                let expires_at = entitlement.window.expires_at;
+                record_change(
+                    conn,
+                    profile_id,
+                    level,
+                    active,
+                    ChangeReason::Rebuild,
+                    expires_at,
+                    now,
+                )?;
+            }
+            save_entitlement(conn, profile_id, level, entitlement, active)?;
         }
     }
-    for level in stored.keys() {
+    for (level, (old, reported)) in &stored {
         summary.removed += 1;
         if write {
+            if *reported {
+                let expires_at = old.window.expires_at;
+                record_change(
+                    conn,
+                    profile_id,
+                    level,
+                    false,
+                    ChangeReason::Rebuild,
+                    expires_at,
+                    now,
+                )?;
+            }
             conn.execute(
                 "DELETE FROM entitlements WHERE profile_id = ?1 AND access_level_id = ?2",
                 params![profile_id, level],

@@ -7,7 +7,7 @@
 //! and answers. So an answer always means "committed", and the index only ever holds
 //! committed state.
 
-use super::StoreError;
+use super::{record_change, ChangeReason, StoreError};
 use crate::adapty::ReceivedEvent;
 use crate::index::{Change, Index};
 use crate::projection::{self, Event, Rules};
@@ -48,6 +48,8 @@ enum Command {
         event: Box<ReceivedEvent>,
         reply: oneshot::Sender<Reply>,
     },
+    /// Report what the clock changed (expiries) even when no event comes.
+    Tick,
     /// Commit what was sent before, checkpoint, and stop.
     Stop,
 }
@@ -83,6 +85,12 @@ impl WriterHandle {
             Ok(Err(_)) => Err(SendError::Stopped),
             Err(_) => Err(SendError::Saturated),
         }
+    }
+
+    /// Asks the writer to report what the clock changed; skipped when it is busy (the
+    /// next batch reports it anyway).
+    pub fn tick(&self) {
+        let _ = self.tx.try_send(Command::Tick);
     }
 
     /// Asks the writer to commit everything sent before this call and stop; join its
@@ -129,9 +137,11 @@ impl Writer {
         let mut stopping = false;
         while let Some(first) = rx.blocking_recv() {
             let mut next = Some(first);
+            let mut tick = false;
             while let Some(command) = next.take() {
                 match command {
                     Command::Ingest { event, reply } => batch.push(Ingest { event, reply }),
+                    Command::Tick => tick = true,
                     Command::Stop => {
                         // Refuse new events; what is already queued still commits.
                         rx.close();
@@ -142,7 +152,7 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
-            if !batch.is_empty() {
+            if !batch.is_empty() || tick {
                 self.commit_batch(&mut batch);
             }
             if stopping && rx.is_empty() {
@@ -160,52 +170,65 @@ impl Writer {
         }
     }
 
+    /// One transaction: every event of the batch (a savepoint each), then what the
+    /// clock changed; commit; then the index, the change feed's watchers, the answers.
     fn commit_batch(&mut self, batch: &mut Vec<Ingest>) {
         let started = Instant::now();
         let size = batch.len();
-        let received_at = Timestamp::now();
-        let mut changes = Vec::new();
+        let now = Timestamp::now();
+        let mut effects = Effects::default();
         let result = (|| -> Result<Vec<Reply>, StoreError> {
             let mut tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut replies = Vec::with_capacity(size);
             for command in batch.iter() {
-                let mut event_changes = Vec::new();
+                let mut event_effects = Effects::default();
                 let mut savepoint = tx.savepoint()?;
                 let reply = ingest(
                     &savepoint,
                     &command.event,
-                    received_at,
+                    now,
                     &self.rules,
                     &*self.decode,
-                    &mut event_changes,
+                    &mut event_effects,
                 )
                 .map_err(Arc::new);
                 if reply.is_ok() {
                     savepoint.commit()?;
-                    changes.append(&mut event_changes);
+                    effects.absorb(event_effects);
                 } else {
                     savepoint.rollback()?;
                 }
                 replies.push(reply);
             }
+            report_clock(&tx, now, &mut effects)?;
             tx.commit()?;
             Ok(replies)
         })();
+        let elapsed = started.elapsed();
+        if size > 0 {
+            telemetry::writer_batch(size, elapsed.as_secs_f64());
+        }
         match result {
             Ok(replies) => {
-                self.index.apply(changes);
+                self.index.apply(effects.index);
                 let stored = replies
                     .iter()
-                    .filter(|r| matches!(r, Ok(Outcome::Stored)))
+                    .filter(|r| matches!(r, Ok(Outcome::Stored | Outcome::Ignored)))
                     .count();
-                tracing::debug!(
-                    size,
-                    stored,
-                    elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-                    "batch committed"
-                );
+                self.status.record_commit((stored > 0).then_some(now));
+                if let Some(seq) = effects.newest_change {
+                    self.status.record_change(seq);
+                }
+                if size > 0 {
+                    tracing::debug!(
+                        size,
+                        stored,
+                        elapsed_ms = elapsed.as_secs_f64() * 1e3,
+                        "batch committed"
+                    );
+                }
                 for (command, reply) in batch.drain(..).zip(replies) {
                     match &reply {
                         Ok(Outcome::Stored | Outcome::Ignored) => telemetry::event_stored(
@@ -234,15 +257,29 @@ impl Writer {
     }
 }
 
-/// Stores one event and folds it in. `changes` collects what the index must learn
-/// once the transaction commits.
+/// What a transaction changed that others must learn once it commits.
+#[derive(Default)]
+struct Effects {
+    index: Vec<Change>,
+    newest_change: Option<i64>,
+}
+
+impl Effects {
+    fn absorb(&mut self, other: Effects) {
+        self.index.extend(other.index);
+        self.newest_change = self.newest_change.max(other.newest_change);
+    }
+}
+
+/// Stores one event and folds it in. `effects` collects what the index and the
+/// change feed's watchers must learn once the transaction commits.
 fn ingest(
     conn: &Connection,
     received: &ReceivedEvent,
-    received_at: Timestamp,
+    now: Timestamp,
     rules: &Rules,
     decode: &Decode,
-    changes: &mut Vec<Change>,
+    effects: &mut Effects,
 ) -> Result<Outcome, StoreError> {
     let event = &received.event;
     let inserted = conn
@@ -259,40 +296,94 @@ fn ingest(
             received.received_type,
             event.event_type.map(|t| t.name()),
             event.event_datetime.to_rfc3339(),
-            received_at.to_rfc3339(),
+            now.to_rfc3339(),
             event.environment.as_deref(),
             received.body,
         ])?;
     if inserted == 0 {
         return Ok(Outcome::Duplicate);
     }
-    record_profile(conn, event, changes)?;
-    let Some(level) = rules.level_of(event) else {
+    record_profile(conn, event, &mut effects.index)?;
+    let (Some(level), Some(event_type)) = (rules.level_of(event), event.event_type) else {
         return Ok(Outcome::Ignored);
     };
     let saved = super::entitlement(conn, &event.profile_id, &level)?;
+    let (saved, reported) = match saved {
+        Some(row) => (Some(row.entitlement), row.reported_active),
+        None => (None, false),
+    };
     let next = projection::fold_arrival(saved.clone(), event, || {
         level_log(conn, &event.profile_id, &level, rules, decode)
     })?;
-    if next != saved {
-        match &next {
-            Some(entitlement) => {
-                super::save_entitlement(conn, &event.profile_id, &level, entitlement)?
-            }
-            None => {
-                conn.prepare_cached(
-                    "DELETE FROM entitlements WHERE profile_id = ?1 AND access_level_id = ?2",
-                )?
-                .execute(params![&*event.profile_id, &*level])?;
-            }
+    let active_now = next.as_ref().is_some_and(|e| e.window.grants_at(now));
+    if active_now != reported {
+        let reason = ChangeReason::Event {
+            event_type,
+            profile_event_id: &event.id,
+        };
+        let expires_at = next.as_ref().and_then(|e| e.window.expires_at);
+        let seq = record_change(
+            conn,
+            &event.profile_id,
+            &level,
+            active_now,
+            reason,
+            expires_at,
+            now,
+        )?;
+        effects.newest_change = Some(seq);
+    }
+    if next == saved && active_now == reported {
+        return Ok(Outcome::Stored);
+    }
+    match &next {
+        Some(entitlement) => {
+            super::save_entitlement(conn, &event.profile_id, &level, entitlement, active_now)?
         }
-        changes.push(Change::Level {
+        None => {
+            conn.prepare_cached(
+                "DELETE FROM entitlements WHERE profile_id = ?1 AND access_level_id = ?2",
+            )?
+            .execute(params![&*event.profile_id, &*level])?;
+        }
+    }
+    if next != saved {
+        effects.index.push(Change::Level {
             profile_id: event.profile_id.clone(),
             access_level_id: level,
             entitlement: next,
         });
     }
     Ok(Outcome::Stored)
+}
+
+/// Reports the levels the clock flipped since the feed last spoke of them: an
+/// `expires_at` passed, or a `starts_at` came, with no event.
+fn report_clock(
+    conn: &Connection,
+    now: Timestamp,
+    effects: &mut Effects,
+) -> Result<(), StoreError> {
+    for row in super::due_for_clock(conn, now)? {
+        let active = !row.reported_active;
+        let reason = if active {
+            ChangeReason::Started
+        } else {
+            ChangeReason::Expired
+        };
+        let seq = record_change(
+            conn,
+            &row.profile_id,
+            &row.access_level_id,
+            active,
+            reason,
+            row.entitlement.window.expires_at,
+            now,
+        )?;
+        super::set_reported(conn, &row.profile_id, &row.access_level_id, active)?;
+        effects.newest_change = Some(seq);
+    }
+    Ok(())
 }
 
 /// Every stored event of one level of a profile (the one just inserted included), for
