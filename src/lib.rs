@@ -61,6 +61,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     telemetry::metrics_handle();
 
     let status = Arc::new(Status::new());
+    let rules = Arc::new(args.projection.rules());
     let index = Arc::new(Index::new());
     let event_names = Arc::new(args.projection.event_names.clone());
     let (writer, queue) = writer::queue();
@@ -82,6 +83,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         index: index.clone(),
         status: status.clone(),
         event_names: event_names.clone(),
+        rules: rules.clone(),
         webhook_auth,
         read_auth: ReadAuth::new(args.read_token),
         db_path: args.store.db.clone(),
@@ -98,6 +100,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             .openapi(http::ApiDoc::openapi())
             .app_data(state.clone())
             .app_data(http::query_config())
+            .app_data(http::json_config())
             .configure(http::routes)
             .split_for_parts();
         app.app_data(web::Data::new(openapi))
@@ -143,7 +146,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         conn,
         index,
         status: status.clone(),
-        rules: Arc::new(args.projection.rules()),
+        rules,
         decode,
     }
     .start(queue)?;

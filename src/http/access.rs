@@ -1,31 +1,46 @@
-//! The read API: `GET /profiles/{id}/access` and `GET /users/{customer_user_id}/access`,
-//! answered from the in-memory index. "No" is the common answer, not an error: an
-//! unknown profile or user is a 200 with `"premium": false`.
+//! The read API: "is this profile (or user) premium right now?", answered from the
+//! in-memory index; "…as of then?" (`?at=`) and "why?" (`/explain`) answered from the
+//! event log. "No" is the common answer, not an error: an unknown profile or user is a
+//! 200 with `"premium": false`.
 
-use super::error::ApiError;
-use super::error::ErrorBody;
+use super::error::{ApiError, ErrorBody};
 use super::AppState;
-use crate::index::LevelAccess;
+use crate::adapty;
+use crate::index::{Index, LevelAccess};
+use crate::projection;
+use crate::store::{self, history};
 use crate::telemetry;
 use crate::timestamp::Timestamp;
-use actix_web::{get, web, HttpRequest, HttpResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
+
+/// Callers may cache an answer this long at most, even when nothing is scheduled to
+/// change it: a refund or a new purchase can come at any moment.
+pub const MAX_CACHE_SECONDS: i64 = 60;
+/// At most this many ids in one `POST /access/lookup`.
+pub const MAX_BATCH_IDS: usize = 1000;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AccessQuery {
     /// Answer for this access level only.
     access_level: Option<String>,
+    /// Answer as of this instant (RFC 3339 or Adapty's `+0000` shape): what the events
+    /// with `event_datetime` up to it said, evaluated at it.
+    at: Option<String>,
 }
 
 /// One access level. Datetimes are RFC 3339 UTC with six fraction digits.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LevelView {
-    /// Grants access now: the event said active, and the clock has not ended it.
+    /// Grants access at `checked_at`: the event said active, and the clock has not
+    /// ended it.
     active: bool,
     expires_at: Option<String>,
     starts_at: Option<String>,
@@ -45,16 +60,19 @@ pub struct LevelView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     profile_id: Option<Arc<str>>,
+    #[serde(skip)]
+    reach: (bool, Option<Timestamp>),
 }
 
 impl LevelView {
-    fn new(level: &LevelAccess, now: Timestamp, profile_id: Option<Arc<str>>) -> Self {
+    fn new(level: &LevelAccess, at: Timestamp, profile_id: Option<Arc<str>>) -> Self {
+        let w = &level.window;
         LevelView {
-            active: level.window.grants_at(now),
-            expires_at: level.window.expires_at.map(Timestamp::to_rfc3339),
-            starts_at: level.window.starts_at.map(Timestamp::to_rfc3339),
+            active: w.grants_at(at),
+            expires_at: w.expires_at.map(Timestamp::to_rfc3339),
+            starts_at: w.starts_at.map(Timestamp::to_rfc3339),
             will_renew: level.will_renew,
-            is_lifetime: level.window.is_lifetime,
+            is_lifetime: w.is_lifetime,
             in_grace_period: level.in_grace_period,
             is_refund: level.is_refund,
             store: level.store.clone(),
@@ -62,7 +80,21 @@ impl LevelView {
             environment: level.environment.clone(),
             updated_at: level.updated_at.to_rfc3339(),
             profile_id,
+            reach: (w.is_lifetime || w.expires_at.is_none(), w.expires_at),
         }
+    }
+}
+
+/// The next instant at which a level's answer changes with no new event: its expiry
+/// while it grants, its start while it waits for one.
+fn next_change(level: &LevelAccess, at: Timestamp) -> Option<Timestamp> {
+    let w = &level.window;
+    if w.grants_at(at) {
+        w.expires_at.filter(|_| !w.is_lifetime)
+    } else if w.is_active {
+        w.starts_at.filter(|start| *start > at)
+    } else {
+        None
     }
 }
 
@@ -76,6 +108,9 @@ pub struct ProfileAnswer {
     premium: bool,
     #[schema(value_type = BTreeMap<String, LevelView>)]
     access_levels: BTreeMap<Arc<str>, LevelView>,
+    /// The next instant this answer can change with no new event (an expiry, a grace
+    /// end, a `starts_at`); null when nothing is scheduled.
+    valid_until: Option<String>,
     checked_at: String,
 }
 
@@ -88,22 +123,108 @@ pub struct UserAnswer {
     premium: bool,
     #[schema(value_type = BTreeMap<String, LevelView>)]
     access_levels: BTreeMap<Arc<str>, LevelView>,
+    valid_until: Option<String>,
     checked_at: String,
 }
 
-fn wanted(level: &LevelAccess, query: &AccessQuery) -> bool {
-    query
-        .access_level
-        .as_deref()
-        .is_none_or(|wanted| *level.access_level_id == *wanted)
+fn wanted(level: &LevelAccess, access_level: Option<&str>) -> bool {
+    access_level.is_none_or(|wanted| *level.access_level_id == *wanted)
 }
 
-/// Is this profile premium right now?
+/// The answer for one profile from an index, evaluated at `at`.
+pub fn profile_answer(
+    index: &Index,
+    profile_id: &str,
+    access_level: Option<&str>,
+    at: Timestamp,
+) -> ProfileAnswer {
+    let mut valid_until: Option<Timestamp> = None;
+    let (customer_user_id, access_levels) = index.with_profile(profile_id, |known| {
+        let Some(known) = known else {
+            return (None, BTreeMap::new());
+        };
+        let levels = known
+            .levels
+            .iter()
+            .filter(|level| wanted(level, access_level))
+            .map(|level| {
+                valid_until = earliest(valid_until, next_change(level, at));
+                (
+                    level.access_level_id.clone(),
+                    LevelView::new(level, at, None),
+                )
+            })
+            .collect();
+        (known.customer_user_id.clone(), levels)
+    });
+    ProfileAnswer {
+        profile_id: profile_id.to_owned(),
+        customer_user_id,
+        premium: access_levels.values().any(|l| l.active),
+        access_levels,
+        valid_until: valid_until.map(Timestamp::to_rfc3339),
+        checked_at: at.to_rfc3339(),
+    }
+}
+
+/// The answer for a user over `profile_ids` from an index, evaluated at `at`.
+pub fn user_answer(
+    index: &Index,
+    customer_user_id: &str,
+    profile_ids: Vec<Arc<str>>,
+    access_level: Option<&str>,
+    at: Timestamp,
+) -> UserAnswer {
+    let mut access_levels: BTreeMap<Arc<str>, LevelView> = BTreeMap::new();
+    let mut valid_until: Option<Timestamp> = None;
+    for profile_id in &profile_ids {
+        index.with_profile(profile_id, |known| {
+            for level in known.iter().flat_map(|p| &p.levels) {
+                if !wanted(level, access_level) {
+                    continue;
+                }
+                valid_until = earliest(valid_until, next_change(level, at));
+                let candidate = LevelView::new(level, at, Some(profile_id.clone()));
+                match access_levels.get(&level.access_level_id) {
+                    Some(best) if better(best, &candidate) != Ordering::Less => {}
+                    _ => {
+                        access_levels.insert(level.access_level_id.clone(), candidate);
+                    }
+                }
+            }
+        });
+    }
+    UserAnswer {
+        customer_user_id: customer_user_id.to_owned(),
+        profile_ids,
+        premium: access_levels.values().any(|l| l.active),
+        access_levels,
+        valid_until: valid_until.map(Timestamp::to_rfc3339),
+        checked_at: at.to_rfc3339(),
+    }
+}
+
+fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Across a user's profiles, the level to show: an active one over an inactive one;
+/// among those, lifetime or no end, then the later `expires_at`, then the newer event.
+fn better(a: &LevelView, b: &LevelView) -> Ordering {
+    (a.active, a.reach, &a.updated_at).cmp(&(b.active, b.reach, &b.updated_at))
+}
+
+/// Is this profile premium right now (or as of `at`)?
 #[utoipa::path(
     tag = "access",
     params(("profile_id" = String, Path, description = "Adapty's profile id"), AccessQuery),
     responses(
-        (status = 200, body = ProfileAnswer),
+        (status = 200, body = ProfileAnswer, description = "With ETag and Cache-Control derived from valid_until"),
+        (status = 304, description = "If-None-Match matched the ETag"),
+        (status = 400, description = "`at` does not parse", body = ErrorBody),
         (status = 401, description = "--read-token is set and was not given", body = ErrorBody),
         (status = 503, description = "Start-up is not finished", body = ErrorBody)
     ),
@@ -118,40 +239,37 @@ pub async fn profile(
 ) -> Result<HttpResponse, ApiError> {
     ready_to_read(&request, &state)?;
     telemetry::lookup("profile");
-    let now = Timestamp::now();
     let profile_id = path.into_inner();
-    let (customer_user_id, access_levels) = state.index.with_profile(&profile_id, |known| {
-        let Some(known) = known else {
-            return (None, BTreeMap::new());
-        };
-        let levels = known
-            .levels
-            .iter()
-            .filter(|level| wanted(level, &query))
-            .map(|level| {
-                (
-                    level.access_level_id.clone(),
-                    LevelView::new(level, now, None),
-                )
-            })
-            .collect();
-        (known.customer_user_id.clone(), levels)
-    });
-    Ok(HttpResponse::Ok().json(ProfileAnswer {
-        profile_id,
-        customer_user_id,
-        premium: access_levels.values().any(|l| l.active),
-        access_levels,
-        checked_at: now.to_rfc3339(),
-    }))
+    let level = query.access_level.as_deref();
+    let answer = match parse_at(&query)? {
+        None => profile_answer(&state.index, &profile_id, level, Timestamp::now()),
+        Some(at) => {
+            let ids = vec![profile_id.clone()];
+            let past = as_of(&state, ids, at).await?;
+            profile_answer(&past, &profile_id, level, at)
+        }
+    };
+    let etag = etag(&(
+        &answer.profile_id,
+        &answer.customer_user_id,
+        &answer.access_levels,
+    ));
+    Ok(cacheable(
+        &request,
+        etag,
+        answer.valid_until.as_deref(),
+        &answer,
+    ))
 }
 
-/// Is this user (your own id, over all their profiles) premium right now?
+/// Is this user (your own id, over all their profiles) premium right now (or as of `at`)?
 #[utoipa::path(
     tag = "access",
     params(("customer_user_id" = String, Path, description = "Your own user id, as set in Adapty"), AccessQuery),
     responses(
-        (status = 200, body = UserAnswer),
+        (status = 200, body = UserAnswer, description = "With ETag and Cache-Control derived from valid_until"),
+        (status = 304, description = "If-None-Match matched the ETag"),
+        (status = 400, description = "`at` does not parse", body = ErrorBody),
         (status = 401, description = "--read-token is set and was not given", body = ErrorBody),
         (status = 503, description = "Start-up is not finished", body = ErrorBody)
     ),
@@ -166,33 +284,249 @@ pub async fn user(
 ) -> Result<HttpResponse, ApiError> {
     ready_to_read(&request, &state)?;
     telemetry::lookup("user");
-    let now = Timestamp::now();
     let customer_user_id = path.into_inner();
+    let level = query.access_level.as_deref();
     let profile_ids = state.index.profiles_of_user(&customer_user_id);
-    let mut access_levels: BTreeMap<Arc<str>, LevelView> = BTreeMap::new();
-    for profile_id in &profile_ids {
-        state.index.with_profile(profile_id, |known| {
-            for level in known.iter().flat_map(|p| &p.levels) {
-                if !wanted(level, &query) {
-                    continue;
-                }
-                let candidate = LevelView::new(level, now, Some(profile_id.clone()));
-                match access_levels.get(&level.access_level_id) {
-                    Some(best) if better(best, &candidate) != Ordering::Less => {}
-                    _ => {
-                        access_levels.insert(level.access_level_id.clone(), candidate);
-                    }
-                }
-            }
-        });
+    let answer = match parse_at(&query)? {
+        None => user_answer(
+            &state.index,
+            &customer_user_id,
+            profile_ids,
+            level,
+            Timestamp::now(),
+        ),
+        Some(at) => {
+            let ids = profile_ids.iter().map(|id| id.to_string()).collect();
+            let past = as_of(&state, ids, at).await?;
+            user_answer(&past, &customer_user_id, profile_ids, level, at)
+        }
+    };
+    let etag = etag(&(
+        &answer.customer_user_id,
+        &answer.profile_ids,
+        &answer.access_levels,
+    ));
+    Ok(cacheable(
+        &request,
+        etag,
+        answer.valid_until.as_deref(),
+        &answer,
+    ))
+}
+
+/// Up to 1,000 profile ids and customer user ids in one request.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LookupRequest {
+    #[serde(default)]
+    profile_ids: Vec<String>,
+    #[serde(default)]
+    customer_user_ids: Vec<String>,
+    /// Answer for this access level only.
+    access_level: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LookupAnswer {
+    /// In the order asked.
+    profiles: Vec<ProfileAnswer>,
+    /// In the order asked.
+    users: Vec<UserAnswer>,
+    checked_at: String,
+}
+
+/// Many profiles and users in one round trip, each answered as the single lookups
+/// answer, all at one instant.
+#[utoipa::path(
+    tag = "access",
+    request_body = LookupRequest,
+    responses(
+        (status = 200, body = LookupAnswer),
+        (status = 400, description = "Not the expected JSON, or over 1,000 ids", body = ErrorBody),
+        (status = 401, description = "--read-token is set and was not given", body = ErrorBody),
+        (status = 503, description = "Start-up is not finished", body = ErrorBody)
+    ),
+    security((), ("read_token" = []))
+)]
+#[post("/access/lookup")]
+pub async fn lookup(
+    request: HttpRequest,
+    body: web::Json<LookupRequest>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    ready_to_read(&request, &state)?;
+    let asked = body.profile_ids.len() + body.customer_user_ids.len();
+    if asked > MAX_BATCH_IDS {
+        return Err(ApiError::BadRequest(format!(
+            "{asked} ids asked; at most {MAX_BATCH_IDS} in one lookup"
+        )));
     }
-    Ok(HttpResponse::Ok().json(UserAnswer {
-        customer_user_id,
-        profile_ids,
-        premium: access_levels.values().any(|l| l.active),
-        access_levels,
+    telemetry::lookup("batch");
+    let now = Timestamp::now();
+    let level = body.access_level.as_deref();
+    let profiles = body
+        .profile_ids
+        .iter()
+        .map(|id| profile_answer(&state.index, id, level, now))
+        .collect();
+    let users = body
+        .customer_user_ids
+        .iter()
+        .map(|id| {
+            user_answer(
+                &state.index,
+                id,
+                state.index.profiles_of_user(id),
+                level,
+                now,
+            )
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(LookupAnswer {
+        profiles,
+        users,
         checked_at: now.to_rfc3339(),
     }))
+}
+
+/// One event as `explain` shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExplainedEvent {
+    profile_event_id: String,
+    /// As received.
+    event_type: String,
+    /// Adapty's canonical name; null when no name map knows it.
+    canonical_type: Option<String>,
+    event_datetime: String,
+    received_at: Option<String>,
+    vendor_product_id: Option<String>,
+    /// What it changed in the level, in words; empty when nothing.
+    changed: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExplainedLevel {
+    /// The state now (as the access route shows it).
+    state: Option<LevelView>,
+    /// The event that set the current `expires_at`.
+    expires_at_set_by: Option<String>,
+    /// Every event folded into the level, in the order they were folded.
+    events: Vec<ExplainedEvent>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExplainAnswer {
+    profile_id: String,
+    access_levels: BTreeMap<String, ExplainedLevel>,
+    /// Stored events that touch no level (unknown or annotation types, ignored sandbox
+    /// events, consumables, snapshots without a level).
+    ignored_events: Vec<ExplainedEvent>,
+    checked_at: String,
+}
+
+/// Why is this profile (not) premium? Per level, the events that produced the state,
+/// what each changed, and which one set `expires_at`.
+#[utoipa::path(
+    tag = "access",
+    params(("profile_id" = String, Path, description = "Adapty's profile id")),
+    responses(
+        (status = 200, body = ExplainAnswer),
+        (status = 401, description = "--read-token is set and was not given", body = ErrorBody),
+        (status = 503, description = "The database cannot be read now", body = ErrorBody)
+    ),
+    security((), ("read_token" = []))
+)]
+#[get("/profiles/{profile_id}/access/explain")]
+pub async fn explain(
+    request: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    ready_to_read(&request, &state)?;
+    let profile_id = path.into_inner();
+    let db = state.db_path.clone();
+    let (rules, names) = (state.rules.clone(), state.event_names.clone());
+    let id = profile_id.clone();
+    let answer = web::block(move || {
+        let conn = store::open_read_only(&db)?;
+        let decode = move |body: &str| adapty::decode_stored(body, &names);
+        let logged = history::profile_events(&conn, &id, &decode)?;
+        Ok::<_, store::StoreError>(explain_profile(&id, &logged, &rules, Timestamp::now()))
+    })
+    .await
+    .map_err(|e| ApiError::store_unavailable(&e))?
+    .map_err(|e| ApiError::store_unavailable(&e))?;
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+/// Explains one profile from its logged events: also what `entitled events` prints.
+pub fn explain_profile(
+    profile_id: &str,
+    logged: &[history::LoggedEvent],
+    rules: &projection::Rules,
+    at: Timestamp,
+) -> ExplainAnswer {
+    let describe = |logged: &history::LoggedEvent, changed: Vec<String>| ExplainedEvent {
+        profile_event_id: logged.event.id.to_string(),
+        event_type: logged.received_type.clone(),
+        canonical_type: logged.event.event_type.map(|t| t.name().to_owned()),
+        event_datetime: logged.event.event_datetime.to_rfc3339(),
+        received_at: logged.received_at.map(Timestamp::to_rfc3339),
+        vendor_product_id: logged.event.vendor_product_id.as_deref().map(str::to_owned),
+        changed,
+    };
+    let mut by_level: BTreeMap<Arc<str>, Vec<&history::LoggedEvent>> = BTreeMap::new();
+    let mut ignored_events = Vec::new();
+    for logged in logged {
+        match rules.level_of(&logged.event) {
+            Some(level) => by_level.entry(level).or_default().push(logged),
+            None => ignored_events.push(describe(logged, Vec::new())),
+        }
+    }
+    let mut access_levels = BTreeMap::new();
+    for (level, logged_events) in by_level {
+        let by_id: BTreeMap<&str, &history::LoggedEvent> =
+            logged_events.iter().map(|l| (&*l.event.id, *l)).collect();
+        let steps = projection::fold_steps(logged_events.iter().map(|l| &l.event));
+        let mut before = None;
+        let mut expires_at_set_by = None;
+        let mut events = Vec::new();
+        for (event, after) in &steps {
+            let changed = projection::describe_change(before.as_ref(), after.as_ref());
+            let expiry =
+                |s: &Option<projection::Entitlement>| s.as_ref().map(|e| e.window.expires_at);
+            if expiry(&before) != expiry(after) {
+                expires_at_set_by = Some(event.id.to_string());
+            }
+            events.push(describe(by_id[&*event.id], changed));
+            before = after.clone();
+        }
+        let state = before.map(|e| {
+            let index = Index::new();
+            index.apply([crate::index::Change::Level {
+                profile_id: Arc::from(profile_id),
+                access_level_id: level.clone(),
+                entitlement: Some(e),
+            }]);
+            index.with_profile(profile_id, |p| {
+                p.and_then(|p| p.levels.first())
+                    .map(|l| LevelView::new(l, at, None))
+            })
+        });
+        access_levels.insert(
+            level.to_string(),
+            ExplainedLevel {
+                state: state.flatten(),
+                expires_at_set_by,
+                events,
+            },
+        );
+    }
+    ExplainAnswer {
+        profile_id: profile_id.to_owned(),
+        access_levels,
+        ignored_events,
+        checked_at: at.to_rfc3339(),
+    }
 }
 
 /// Authorized, and the index holds everything committed (else "no" could be wrong).
@@ -204,14 +538,79 @@ fn ready_to_read(request: &HttpRequest, state: &AppState) -> Result<(), ApiError
     Ok(())
 }
 
-/// Across a user's profiles, the level to show: an active one over an inactive one;
-/// among those, lifetime or no end, then the later `expires_at`, then the newer event.
-fn better(a: &LevelView, b: &LevelView) -> Ordering {
-    let reach = |l: &LevelView| {
-        (
-            l.is_lifetime || l.expires_at.is_none(),
-            l.expires_at.clone(),
-        )
+fn parse_at(query: &AccessQuery) -> Result<Option<Timestamp>, ApiError> {
+    query
+        .at
+        .as_deref()
+        .map(|at| {
+            adapty::datetime::parse(at).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "`at` must be a datetime such as 2031-03-05T09:10:11Z, not {at:?}"
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// The state of these profiles as of `at`, folded from the log.
+async fn as_of(
+    state: &AppState,
+    profile_ids: Vec<String>,
+    at: Timestamp,
+) -> Result<Index, ApiError> {
+    let db = state.db_path.clone();
+    let (rules, names) = (state.rules.clone(), state.event_names.clone());
+    web::block(move || {
+        let conn = store::open_read_only(&db)?;
+        let decode = move |body: &str| adapty::decode_stored(body, &names);
+        history::index_as_of(&conn, &profile_ids, at, &rules, &decode)
+    })
+    .await
+    .map_err(|e| ApiError::store_unavailable(&e))?
+    .map_err(|e| ApiError::store_unavailable(&e))
+}
+
+/// A strong ETag over what the answer says (not when it was asked).
+fn etag(content: &impl Serialize) -> String {
+    let bytes = serde_json::to_vec(content).unwrap_or_default();
+    let digest = Sha256::digest(&bytes);
+    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
+}
+
+/// 200 with the body, or 304 when `If-None-Match` has the ETag; both with
+/// `Cache-Control: private, max-age` up to `valid_until`, at most 60 s.
+fn cacheable(
+    request: &HttpRequest,
+    etag: String,
+    valid_until: Option<&str>,
+    body: &impl Serialize,
+) -> HttpResponse {
+    let now = Timestamp::now();
+    let until = valid_until.and_then(Timestamp::parse_rfc3339);
+    let max_age = until.map_or(MAX_CACHE_SECONDS, |until| {
+        ((until.as_micros() - now.as_micros()) / 1_000_000).clamp(0, MAX_CACHE_SECONDS)
+    });
+    let matches = request
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|tag| tag.trim() == etag || tag.trim() == "*")
+        });
+    let mut response = if matches {
+        HttpResponse::NotModified()
+    } else {
+        HttpResponse::Ok()
     };
-    (a.active, reach(a), &a.updated_at).cmp(&(b.active, reach(b), &b.updated_at))
+    response.insert_header((header::CACHE_CONTROL, format!("private, max-age={max_age}")));
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        response.insert_header((header::ETAG, value));
+    }
+    if matches {
+        response.finish()
+    } else {
+        response.json(body)
+    }
 }

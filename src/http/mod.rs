@@ -11,6 +11,7 @@ pub mod webhook;
 
 use crate::adapty::EventNames;
 use crate::index::Index;
+use crate::projection::Rules;
 use crate::status::Status;
 use crate::store::writer::WriterHandle;
 use crate::telemetry;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub index: Arc<Index>,
     pub status: Arc<Status>,
     pub event_names: Arc<EventNames>,
+    /// What the fold depends on: time travel and explain fold the log again.
+    pub rules: Arc<Rules>,
     pub webhook_auth: WebhookAuth,
     pub read_auth: ReadAuth,
     /// The database file, for its size in `/metrics`.
@@ -78,6 +81,8 @@ pub fn routes(config: &mut utoipa_actix_web::service_config::ServiceConfig<'_>) 
         .service(webhook::receive)
         .service(access::profile)
         .service(access::user)
+        .service(access::lookup)
+        .service(access::explain)
         .service(changes::changes)
         .service(health::healthz)
         .service(health::readyz)
@@ -85,8 +90,15 @@ pub fn routes(config: &mut utoipa_actix_web::service_config::ServiceConfig<'_>) 
         .service(health::openapi);
 }
 
+/// Extractor settings that answer bad input with our JSON 400, not actix's text.
 pub fn query_config() -> web::QueryConfig {
     web::QueryConfig::default().error_handler(|e, _| ApiError::BadRequest(e.to_string()).into())
+}
+
+pub fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(webhook::MAX_BODY_BYTES)
+        .error_handler(|e, _| ApiError::BadRequest(e.to_string()).into())
 }
 
 pub async fn not_found() -> Result<&'static str, ApiError> {

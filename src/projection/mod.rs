@@ -385,15 +385,93 @@ pub fn fold_arrival<E>(
 /// Folds the events of one `(profile, level)` in [`order_key`] order: what the store
 /// does when an event arrives out of order, and what [`project`] does for each level.
 pub fn fold_all<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<Entitlement> {
+    in_order(events)
+        .into_iter()
+        .fold(None, fold)
+}
+
+/// The events that fold, in [`order_key`] order, each id once.
+fn in_order<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<&'a Event> {
     let mut ordered: Vec<(OrderKey<'a>, &'a Event)> = events
         .into_iter()
         .filter_map(|e| Some((order_key(e)?, e)))
         .collect();
     ordered.sort_by_key(|(key, _)| *key);
     ordered.dedup_by(|a, b| a.0.id == b.0.id);
-    ordered
+    ordered.into_iter().map(|(_, event)| event).collect()
+}
+
+/// The fold of one level, step by step: each event in [`order_key`] order with the
+/// state after it. What `explain` and `entitled events` show.
+pub fn fold_steps<'a>(
+    events: impl IntoIterator<Item = &'a Event>,
+) -> Vec<(&'a Event, Option<Entitlement>)> {
+    let mut state = None;
+    in_order(events)
         .into_iter()
-        .fold(None, |state, (_, event)| fold(state, event))
+        .map(|event| {
+            state = fold(state.take(), event);
+            (event, state.clone())
+        })
+        .collect()
+}
+
+/// What changed between two states of a level, for people: `active: false → true`,
+/// `expires_at: … → …`. Empty when the event changed nothing.
+pub fn describe_change(before: Option<&Entitlement>, after: Option<&Entitlement>) -> Vec<String> {
+    fn time(t: Option<Timestamp>) -> String {
+        t.map_or_else(|| "none".to_owned(), |t| t.to_rfc3339())
+    }
+    fn text(s: &Option<Arc<str>>) -> String {
+        s.as_deref().unwrap_or("none").to_owned()
+    }
+    let (Some(b), Some(a)) = (before, after) else {
+        return match after {
+            Some(a) if a.window.is_active => vec![format!(
+                "created: active until {}",
+                if a.window.is_lifetime {
+                    "forever".to_owned()
+                } else {
+                    time(a.window.expires_at)
+                }
+            )],
+            Some(_) => vec!["created: inactive".to_owned()],
+            None => Vec::new(),
+        };
+    };
+    let mut changes = Vec::new();
+    let mut flag = |name: &str, old: bool, new: bool| {
+        if old != new {
+            changes.push(format!("{name}: {old} → {new}"));
+        }
+    };
+    flag("active", b.window.is_active, a.window.is_active);
+    flag("is_lifetime", b.window.is_lifetime, a.window.is_lifetime);
+    flag("will_renew", b.will_renew, a.will_renew);
+    flag("in_grace_period", b.in_grace_period, a.in_grace_period);
+    flag("is_refund", b.is_refund, a.is_refund);
+    if b.window.expires_at != a.window.expires_at {
+        changes.push(format!(
+            "expires_at: {} → {}",
+            time(b.window.expires_at),
+            time(a.window.expires_at)
+        ));
+    }
+    if b.window.starts_at != a.window.starts_at {
+        changes.push(format!(
+            "starts_at: {} → {}",
+            time(b.window.starts_at),
+            time(a.window.starts_at)
+        ));
+    }
+    if b.vendor_product_id != a.vendor_product_id {
+        changes.push(format!(
+            "vendor_product_id: {} → {}",
+            text(&b.vendor_product_id),
+            text(&a.vendor_product_id)
+        ));
+    }
+    changes
 }
 
 /// The whole projection of a set of events: what the `entitlements` table holds for

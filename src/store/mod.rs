@@ -1,6 +1,7 @@
 //! SQLite: the schema, the pragmas, and the rows of `entitlements` and `profiles`.
 //! One writer thread ([`writer`]) owns the write connection; nothing else writes.
 
+pub mod history;
 pub mod rebuild;
 pub mod writer;
 
@@ -129,7 +130,7 @@ fn migrate(conn: &Connection, path: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn time(text: Option<String>) -> Result<Option<Timestamp>, StoreError> {
+pub(crate) fn time(text: Option<String>) -> Result<Option<Timestamp>, StoreError> {
     text.map(|t| {
         Timestamp::parse_rfc3339(&t).ok_or_else(|| StoreError::Corrupt(format!("time {t}")))
     })

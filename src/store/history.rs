@@ -1,0 +1,132 @@
+//! Reading the log back: a profile's events, and the state as of an instant. For the
+//! answers that need more than the in-memory index (time travel, explain) and for the
+//! command-line tools. All read-only: safe beside a running daemon.
+
+use super::writer::Decode;
+use super::{entitlement_row, time, StoreError, ENTITLEMENT_COLUMNS};
+use crate::index::{Change, Index};
+use crate::projection::{self, Event, Rules};
+use crate::timestamp::Timestamp;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::sync::Arc;
+
+/// An event as the log holds it.
+pub struct LoggedEvent {
+    pub seq: i64,
+    /// `event_type` as received.
+    pub received_type: String,
+    pub received_at: Option<Timestamp>,
+    pub event: Event,
+}
+
+/// Every stored event of a profile, in arrival order.
+pub fn profile_events(
+    conn: &Connection,
+    profile_id: &str,
+    decode: &Decode,
+) -> Result<Vec<LoggedEvent>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, event_type, received_at, body FROM events WHERE profile_id = ?1 ORDER BY seq",
+    )?;
+    let mut rows = stmt.query(params![profile_id])?;
+    let mut events = Vec::new();
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let body: String = row.get(3)?;
+        events.push(LoggedEvent {
+            seq,
+            received_type: row.get(1)?,
+            received_at: time(row.get(2)?)?,
+            event: decode(&body)
+                .ok_or_else(|| StoreError::Corrupt(format!("event {seq} no longer parses")))?,
+        });
+    }
+    Ok(events)
+}
+
+/// The profiles that carry `customer_user_id` now.
+pub fn profiles_of_user(
+    conn: &Connection,
+    customer_user_id: &str,
+) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT profile_id FROM profiles WHERE customer_user_id = ?1 ORDER BY profile_id",
+    )?;
+    let ids = stmt.query_map(params![customer_user_id], |r| r.get(0))?;
+    Ok(ids.collect::<Result<_, _>>()?)
+}
+
+/// An index of these profiles as they are now in the database (what the daemon's
+/// index holds for them).
+pub fn index_now(conn: &Connection, profile_ids: &[String]) -> Result<Index, StoreError> {
+    let index = Index::new();
+    let mut rows_of = conn.prepare_cached(&format!(
+        "SELECT {ENTITLEMENT_COLUMNS} FROM entitlements WHERE profile_id = ?1"
+    ))?;
+    let mut user_of =
+        conn.prepare_cached("SELECT customer_user_id FROM profiles WHERE profile_id = ?1")?;
+    for profile_id in profile_ids {
+        let mut changes = Vec::new();
+        let mut rows = rows_of.query(params![profile_id])?;
+        while let Some(row) = rows.next()? {
+            let row = entitlement_row(row)??;
+            changes.push(Change::Level {
+                profile_id: Arc::from(row.profile_id),
+                access_level_id: Arc::from(row.access_level_id),
+                entitlement: Some(row.entitlement),
+            });
+        }
+        let user: Option<Option<String>> = user_of
+            .query_row(params![profile_id], |r| r.get(0))
+            .optional()?;
+        if let Some(customer_user_id) = user.flatten() {
+            changes.push(Change::CustomerUserId {
+                profile_id: Arc::from(profile_id.as_str()),
+                customer_user_id: Arc::from(customer_user_id),
+            });
+        }
+        index.apply(changes);
+    }
+    Ok(index)
+}
+
+/// An index of these profiles as of `at`: what the events with `event_datetime` up to
+/// `at` said (the customer_user_id too), to be evaluated at `at`.
+pub fn index_as_of(
+    conn: &Connection,
+    profile_ids: &[String],
+    at: Timestamp,
+    rules: &Rules,
+    decode: &Decode,
+) -> Result<Index, StoreError> {
+    let index = Index::new();
+    for profile_id in profile_ids {
+        let events: Vec<Event> = profile_events(conn, profile_id, decode)?
+            .into_iter()
+            .map(|logged| logged.event)
+            .filter(|event| event.event_datetime <= at)
+            .collect();
+        let mut changes: Vec<Change> = projection::project(&events, rules)
+            .into_iter()
+            .map(
+                |((profile_id, access_level_id), entitlement)| Change::Level {
+                    profile_id,
+                    access_level_id,
+                    entitlement: Some(entitlement),
+                },
+            )
+            .collect();
+        let newest_user = events
+            .iter()
+            .filter(|e| e.customer_user_id.is_some())
+            .max_by(|a, b| (a.event_datetime, &a.id).cmp(&(b.event_datetime, &b.id)));
+        if let Some(customer_user_id) = newest_user.and_then(|e| e.customer_user_id.clone()) {
+            changes.push(Change::CustomerUserId {
+                profile_id: Arc::from(profile_id.as_str()),
+                customer_user_id,
+            });
+        }
+        index.apply(changes);
+    }
+    Ok(index)
+}
