@@ -29,6 +29,82 @@ pub enum Command {
     /// --product-levels or --sandbox), in one transaction. Refuses while a daemon runs
     /// on the file: its in-memory index would not know.
     Rebuild(RebuildArgs),
+    /// Backfill from JSON Lines of webhook bodies: the same validation, dedup and
+    /// folding as the endpoint; re-running it is harmless. Refuses while a daemon runs
+    /// on the file.
+    Import(ImportArgs),
+    /// The access answer from the database file, without a running daemon.
+    Access(AccessArgs),
+    /// A profile's event timeline, one line per event, with the effect each had.
+    Events(EventsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// A file of JSON Lines (one webhook body a line), or `-` for standard input.
+    pub file: PathBuf,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    #[command(flatten)]
+    pub projection: ProjectionArgs,
+
+    /// No progress bar (it is drawn only on a terminal anyway).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("who").required(true).args(["profile_id", "user"])))]
+pub struct AccessArgs {
+    /// Adapty's profile id.
+    pub profile_id: Option<String>,
+
+    /// Your own user id instead: all the profiles that carry it.
+    #[arg(long, value_name = "CUSTOMER_USER_ID")]
+    pub user: Option<String>,
+
+    /// As of this instant (RFC 3339, or Adapty's +0000 shape).
+    #[arg(long, value_parser = instant)]
+    pub at: Option<crate::timestamp::Timestamp>,
+
+    /// This access level only.
+    #[arg(long)]
+    pub access_level: Option<String>,
+
+    /// The answer as JSON, as the HTTP API gives it.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The SQLite file.
+    #[arg(long, env = "ENTITLED_DB", default_value = "entitled.db")]
+    pub db: PathBuf,
+
+    #[command(flatten)]
+    pub projection: ProjectionArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EventsArgs {
+    /// Adapty's profile id.
+    pub profile_id: String,
+
+    /// The explanation as JSON, as `GET /profiles/{id}/access/explain` gives it.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The SQLite file.
+    #[arg(long, env = "ENTITLED_DB", default_value = "entitled.db")]
+    pub db: PathBuf,
+
+    #[command(flatten)]
+    pub projection: ProjectionArgs,
+}
+
+fn instant(value: &str) -> Result<crate::timestamp::Timestamp, String> {
+    crate::adapty::datetime::parse(value)
+        .ok_or_else(|| format!("'{value}' is not a datetime such as 2031-03-05T09:10:11Z"))
 }
 
 #[derive(Debug, Clone, Args)]

@@ -5,6 +5,7 @@
 //! store ([`store`], one writer) → index ([`index`], committed state in memory) → HTTP.
 
 pub mod adapty;
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod index;

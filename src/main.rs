@@ -36,5 +36,27 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Import(args) => match entitled::cli::import(args) {
+            Ok(summary) => {
+                println!("{summary}");
+                if summary.failed > 0 {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(error) => fail(error),
+        },
+        Command::Access(args) => {
+            entitled::cli::access(args).map_or_else(fail, |()| ExitCode::SUCCESS)
+        }
+        Command::Events(args) => {
+            entitled::cli::events(args).map_or_else(fail, |()| ExitCode::SUCCESS)
+        }
     }
+}
+
+fn fail(error: impl std::fmt::Display) -> ExitCode {
+    eprintln!("entitled: {error}");
+    ExitCode::FAILURE
 }

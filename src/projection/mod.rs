@@ -385,9 +385,7 @@ pub fn fold_arrival<E>(
 /// Folds the events of one `(profile, level)` in [`order_key`] order: what the store
 /// does when an event arrives out of order, and what [`project`] does for each level.
 pub fn fold_all<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<Entitlement> {
-    in_order(events)
-        .into_iter()
-        .fold(None, fold)
+    in_order(events).into_iter().fold(None, fold)
 }
 
 /// The events that fold, in [`order_key`] order, each id once.

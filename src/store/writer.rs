@@ -87,6 +87,23 @@ impl WriterHandle {
         }
     }
 
+    /// Queues an event from a thread outside any runtime (`entitled import`).
+    pub fn send_blocking(
+        &self,
+        event: Box<ReceivedEvent>,
+    ) -> Result<oneshot::Receiver<Reply>, SendError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .blocking_send(Command::Ingest { event, reply })
+            .map_err(|_| SendError::Stopped)?;
+        Ok(answer)
+    }
+
+    /// Stops the writer from a thread outside any runtime.
+    pub fn stop_blocking(&self) {
+        let _ = self.tx.blocking_send(Command::Stop);
+    }
+
     /// Asks the writer to report what the clock changed; skipped when it is busy (the
     /// next batch reports it anyway).
     pub fn tick(&self) {

@@ -1,0 +1,334 @@
+//! The command-line tools beside `serve`, working on the database file: `import`
+//! (writes, so it refuses beside a running daemon), `access` and `events` (read-only,
+//! safe beside one).
+
+use crate::adapty::{self, Webhook};
+use crate::config::{AccessArgs, EventsArgs, ImportArgs};
+use crate::http::access;
+use crate::index::Index;
+use crate::status::Status;
+use crate::store::writer::{self, Outcome, Reply, Writer};
+use crate::store::{self, history, StoreError};
+use crate::timestamp::Timestamp;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// What an import did.
+#[derive(Debug, Default)]
+pub struct ImportSummary {
+    pub lines: u64,
+    pub stored: u64,
+    pub ignored: u64,
+    pub duplicate: u64,
+    pub refused: BTreeMap<&'static str, u64>,
+    /// Lines the store could not take (disk full, say): run the import again.
+    pub failed: u64,
+}
+
+impl fmt::Display for ImportSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let refused: u64 = self.refused.values().sum();
+        write!(
+            f,
+            "{} lines: {} stored ({} touching no access level), {} duplicate, {} refused",
+            self.lines,
+            self.stored + self.ignored,
+            self.ignored,
+            self.duplicate,
+            refused
+        )?;
+        if refused > 0 {
+            let reasons: Vec<String> = self
+                .refused
+                .iter()
+                .map(|(r, n)| format!("{r}: {n}"))
+                .collect();
+            write!(f, " ({})", reasons.join(", "))?;
+        }
+        if self.failed > 0 {
+            write!(
+                f,
+                ", {} failed to store (run the import again)",
+                self.failed
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Events in flight to the writer at once: enough for full group commits.
+const IN_FLIGHT: usize = 2048;
+
+pub fn import(args: ImportArgs) -> Result<ImportSummary, CliError> {
+    let conn = store::open(&args.store.db, args.store.synchronous)?;
+    let _lock = store::lock_for_writing(&args.store.db)?;
+    let names = Arc::new(args.projection.event_names.clone());
+    let decode_names = names.clone();
+    let (handle, queue) = writer::queue();
+    let thread = Writer {
+        conn,
+        index: Arc::new(Index::new()),
+        status: Arc::new(Status::new()),
+        rules: Arc::new(args.projection.rules()),
+        decode: Arc::new(move |body: &str| adapty::decode_stored(body, &decode_names)),
+    }
+    .start(queue)?;
+
+    let (input, size): (Box<dyn Read>, Option<u64>) = if args.file.as_os_str() == "-" {
+        (Box::new(std::io::stdin()), None)
+    } else {
+        let file = std::fs::File::open(&args.file)?;
+        let size = file.metadata().ok().map(|m| m.len());
+        (Box::new(file), size)
+    };
+    let progress = progress_bar(size, args.quiet);
+    let mut summary = ImportSummary::default();
+    let mut pending: VecDeque<oneshot::Receiver<Reply>> = VecDeque::new();
+    let mut reader = BufReader::new(input);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = reader.read_until(b'\n', &mut line)?;
+        if read == 0 {
+            break;
+        }
+        progress.inc(read as u64);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        summary.lines += 1;
+        let body = line.strip_suffix(b"\n").unwrap_or(&line);
+        match adapty::parse(body, &names) {
+            Err(error) => *summary.refused.entry(error.code()).or_default() += 1,
+            Ok(Webhook::Verification { .. }) => {
+                *summary.refused.entry("not_an_event").or_default() += 1
+            }
+            Ok(Webhook::Event(received)) => match handle.send_blocking(received) {
+                Ok(answer) => pending.push_back(answer),
+                Err(_) => summary.failed += 1,
+            },
+        }
+        while pending.len() >= IN_FLIGHT {
+            if let Some(answer) = pending.pop_front() {
+                tally(&mut summary, answer.blocking_recv());
+            }
+        }
+    }
+    for answer in pending {
+        tally(&mut summary, answer.blocking_recv());
+    }
+    progress.finish_and_clear();
+    handle.stop_blocking();
+    drop(handle);
+    let _ = thread.join();
+    Ok(summary)
+}
+
+fn tally(summary: &mut ImportSummary, reply: Result<Reply, oneshot::error::RecvError>) {
+    match reply {
+        Ok(Ok(Outcome::Stored)) => summary.stored += 1,
+        Ok(Ok(Outcome::Ignored)) => summary.ignored += 1,
+        Ok(Ok(Outcome::Duplicate)) => summary.duplicate += 1,
+        Ok(Err(_)) | Err(_) => summary.failed += 1,
+    }
+}
+
+fn progress_bar(size: Option<u64>, quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    match size {
+        Some(size) => ProgressBar::new(size).with_style(
+            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => ProgressBar::new_spinner(),
+    }
+}
+
+/// `entitled access`: the answer the HTTP API would give, from the file.
+pub fn access(args: AccessArgs) -> Result<(), CliError> {
+    let conn = store::open_read_only(&args.db)?;
+    let names = args.projection.event_names.clone();
+    let decode = move |body: &str| adapty::decode_stored(body, &names);
+    let rules = args.projection.rules();
+    let at = args.at.unwrap_or_else(Timestamp::now);
+    let level = args.access_level.as_deref();
+    let (profile_ids, user) = match (&args.profile_id, &args.user) {
+        (_, Some(user)) => (history::profiles_of_user(&conn, user)?, Some(user.as_str())),
+        (Some(profile_id), None) => (vec![profile_id.clone()], None),
+        (None, None) => (Vec::new(), None),
+    };
+    let index = match args.at {
+        Some(at) => history::index_as_of(&conn, &profile_ids, at, &rules, &decode)?,
+        None => history::index_now(&conn, &profile_ids)?,
+    };
+    let answer = match user {
+        Some(user) => {
+            let ids = profile_ids
+                .iter()
+                .map(|id| Arc::from(id.as_str()))
+                .collect();
+            serde_json::to_value(access::user_answer(&index, user, ids, level, at))?
+        }
+        None => {
+            let id = profile_ids.first().map(String::as_str).unwrap_or_default();
+            serde_json::to_value(access::profile_answer(&index, id, level, at))?
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &answer)?;
+        writeln!(out)?;
+    } else {
+        write_access_table(&mut out, &answer)?;
+    }
+    Ok(())
+}
+
+fn write_access_table(out: &mut impl Write, answer: &Value) -> std::io::Result<()> {
+    let text = |v: &Value| match v {
+        Value::Null => "-".to_owned(),
+        Value::Bool(true) => "yes".to_owned(),
+        Value::Bool(false) => "no".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let who = match (answer.get("profile_id"), answer.get("profile_ids")) {
+        (Some(id), _) => format!(
+            "profile {} (customer_user_id {})",
+            text(id),
+            text(&answer["customer_user_id"])
+        ),
+        (None, _) => format!(
+            "user {} (profiles: {})",
+            text(&answer["customer_user_id"]),
+            answer["profile_ids"]
+                .as_array()
+                .map(|ids| ids.iter().map(text).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default()
+        ),
+    };
+    let premium = if answer["premium"] == Value::Bool(true) {
+        "PREMIUM"
+    } else {
+        "not premium"
+    };
+    writeln!(out, "{who}: {premium} at {}", text(&answer["checked_at"]))?;
+    let columns = [
+        "active",
+        "expires_at",
+        "will_renew",
+        "is_lifetime",
+        "in_grace_period",
+        "is_refund",
+        "vendor_product_id",
+        "store",
+        "environment",
+    ];
+    let empty = serde_json::Map::new();
+    let levels = answer["access_levels"].as_object().unwrap_or(&empty);
+    if levels.is_empty() {
+        return writeln!(out, "no access levels");
+    }
+    let mut rows = vec![std::iter::once("access_level")
+        .chain(columns)
+        .map(str::to_owned)
+        .collect::<Vec<_>>()];
+    for (level, fields) in levels {
+        let mut row = vec![level.clone()];
+        row.extend(columns.iter().map(|c| text(&fields[*c])));
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        writeln!(out, "{}", cells.join("  ").trim_end())?;
+    }
+    Ok(())
+}
+
+/// `entitled events`: a profile's timeline, with what each event did.
+pub fn events(args: EventsArgs) -> Result<(), CliError> {
+    let conn = store::open_read_only(&args.db)?;
+    let names = args.projection.event_names.clone();
+    let decode = move |body: &str| adapty::decode_stored(body, &names);
+    let logged = history::profile_events(&conn, &args.profile_id, &decode)?;
+    let explained = access::explain_profile(
+        &args.profile_id,
+        &logged,
+        &args.projection.rules(),
+        Timestamp::now(),
+    );
+    let explained = serde_json::to_value(explained)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &explained)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    // One timeline across levels, by event_datetime, then arrival.
+    let mut lines: Vec<(String, String)> = Vec::new();
+    let line = |event: &Value, effect: String| {
+        let at = event["event_datetime"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let text = format!(
+            "{at}  {:<34} {:<38} {effect}",
+            event["event_type"].as_str().unwrap_or_default(),
+            event["profile_event_id"].as_str().unwrap_or_default(),
+        );
+        (at, text)
+    };
+    if let Some(levels) = explained["access_levels"].as_object() {
+        for (level, explained_level) in levels {
+            for event in explained_level["events"].as_array().into_iter().flatten() {
+                let changed: Vec<&str> = event["changed"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let effect = if changed.is_empty() {
+                    format!("{level}: no change")
+                } else {
+                    format!("{level}: {}", changed.join("; "))
+                };
+                lines.push(line(event, effect));
+            }
+        }
+    }
+    for event in explained["ignored_events"].as_array().into_iter().flatten() {
+        lines.push(line(event, "touches no access level".to_owned()));
+    }
+    lines.sort_by(|a, b| a.0.cmp(&b.0));
+    if lines.is_empty() {
+        writeln!(out, "no events for profile {}", args.profile_id)?;
+    }
+    for (_, text) in lines {
+        writeln!(out, "{text}")?;
+    }
+    Ok(())
+}
