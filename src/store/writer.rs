@@ -176,14 +176,19 @@ impl Writer {
                 break;
             }
         }
-        // Every handle is gone: fold the WAL into the main file so a copy of
-        // entitled.db alone is complete.
-        match self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        {
-            Ok(()) => tracing::info!("writer stopped; WAL checkpointed"),
-            Err(error) => tracing::warn!(%error, "writer stopped; WAL checkpoint failed"),
+        // Fold the WAL into the main file so a copy of entitled.db alone is complete.
+        // A reader (a backup, Litestream) can hold it back; that loses nothing.
+        let checkpoint = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        });
+        match checkpoint {
+            Ok((0, _, _)) => tracing::info!("writer stopped; WAL checkpointed"),
+            Ok((_, wal_pages, done)) => tracing::info!(
+                wal_pages,
+                checkpointed = done,
+                "writer stopped; a reader kept part of the WAL (nothing is lost: it is replayed at next open)"
+            ),
+            Err(error) => tracing::warn!(%error, "writer stopped; WAL checkpoint failed (nothing is lost)"),
         }
     }
 
