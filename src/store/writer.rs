@@ -178,9 +178,15 @@ impl Writer {
         }
         // Fold the WAL into the main file so a copy of entitled.db alone is complete.
         // A reader (a backup, Litestream) can hold it back; that loses nothing.
-        let checkpoint = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        });
+        let checkpoint = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            });
         match checkpoint {
             Ok((0, _, _)) => tracing::info!("writer stopped; WAL checkpointed"),
             Ok((_, wal_pages, done)) => tracing::info!(
