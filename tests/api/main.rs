@@ -1,0 +1,18 @@
+//! The integration tests of `entitled`: each test starts the real binary on a random
+//! port with its database in its own temporary directory, and talks HTTP to it (and
+//! reads the SQLite file read-only where the stored state is the point).
+
+// serde_json::json! of a full Adapty body nests deeper than the default limit.
+#![recursion_limit = "256"]
+
+mod auth;
+mod config;
+mod deploy;
+mod durability;
+mod events;
+mod expiry;
+mod helpers;
+mod malformed;
+mod ordering;
+mod upgrade;
+mod users;
