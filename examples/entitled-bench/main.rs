@@ -1,2 +1,496 @@
-//! Placeholder replaced by the benchmark suite (see BENCHMARKS.md).
-fn main() {}
+//! entitled-bench: the real daemon, over real HTTP, on a real SQLite file; every figure
+//! a ratio against a baseline measured in the same run.
+//!
+//! ```sh
+//! cargo run --release --example entitled-bench            # the full run (~5–10 min)
+//! cargo run --release --example entitled-bench -- --quick # 100k profiles, 5 s phases
+//! ```
+//!
+//! Flags (after `--`):
+//!
+//! | flag | default | meaning |
+//! |---|---|---|
+//! | `--quick` | off | development run: 100,000 profiles, 5 s phases, smaller baselines |
+//! | `--profiles N` | 1,000,000 (quick: 100,000) | profiles in the start-up/lookup database (4 events each) |
+//! | `--seconds S` | 10 (quick: 5) | measured seconds of each load phase (ingest: 1.5×) |
+//! | `--connections N` | 64 | client connections of the ingest and lookup phases |
+//! | `--mixed-ingest-rate R` | 1000 | events/s ingested during the mixed phase |
+//! | `--no-pin` | pinning on | do not `taskset` the daemon to core 0 and the client to core 1 |
+//! | `--out FILE` | `BENCHMARKS.md` (full run) | where to write the report; quick runs write none unless given |
+//!
+//! What it does, in order: builds `target/release/entitled`; ingest (64 clients POST
+//! realistic webhooks to a daemon on an empty database) against two rusqlite loops on
+//! the same rows (1000 a transaction: the storage ceiling; one commit each); builds or
+//! reuses the 1M-profile / 4M-event database in `target/bench-data/`; start-up time and
+//! memory on it; lookups against an actix-web server answering a constant body of the
+//! same size (the HTTP ceiling), closed loop and paced at half the ceiling; lookups
+//! while ingesting at a steady rate. Then prints a table and writes BENCHMARKS.md.
+//! Timings never run under `cargo test`.
+
+mod ceiling;
+mod gen;
+mod load;
+mod procs;
+mod report;
+mod storage;
+
+use bytes::Bytes;
+use hyper::Method;
+use load::{Mode, Req, Spec};
+use procs::{Pinning, Result, Server};
+use report::Report;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Namespaces of generated ids: the ingest test and the mixed test never collide with
+/// the cached database.
+const NS_INGEST: u64 = 2;
+const NS_MIXED: u64 = 3;
+
+struct Args {
+    quick: bool,
+    profiles: u64,
+    seconds: u64,
+    connections: usize,
+    mixed_rate: f64,
+    pin: bool,
+    out: Option<PathBuf>,
+}
+
+fn parse_args(repo: &Path) -> std::result::Result<Args, String> {
+    let mut raw: Vec<String> = std::env::args().skip(1).collect();
+    let quick = raw.iter().any(|a| a == "--quick");
+    let mut args = Args {
+        quick,
+        profiles: if quick { 100_000 } else { 1_000_000 },
+        seconds: if quick { 5 } else { 10 },
+        connections: 64,
+        mixed_rate: 1000.0,
+        pin: true,
+        out: (!quick).then(|| repo.join("BENCHMARKS.md")),
+    };
+    raw.reverse();
+    while let Some(flag) = raw.pop() {
+        let mut value = |name: &str| raw.pop().ok_or(format!("{name} needs a value"));
+        match flag.as_str() {
+            "--quick" => {}
+            "--no-pin" => args.pin = false,
+            "--profiles" => args.profiles = num(&value("--profiles")?)?,
+            "--seconds" => args.seconds = num(&value("--seconds")?)?,
+            "--connections" => args.connections = num(&value("--connections")?)? as usize,
+            "--mixed-ingest-rate" => args.mixed_rate = num(&value("--mixed-ingest-rate")?)? as f64,
+            "--out" => args.out = Some(PathBuf::from(value("--out")?)),
+            "-h" | "--help" => {
+                let usage: Vec<&str> = include_str!("main.rs")
+                    .lines()
+                    .take_while(|l| l.starts_with("//!"))
+                    .map(|l| l.trim_start_matches("//!").trim_start())
+                    .collect();
+                println!("{}", usage.join("\n"));
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown flag {other} (see --help)")),
+        }
+    }
+    if args.profiles == 0 || args.seconds == 0 || args.connections == 0 {
+        return Err("--profiles, --seconds and --connections must be positive".into());
+    }
+    Ok(args)
+}
+
+fn num(s: &str) -> std::result::Result<u64, String> {
+    s.replace('_', "")
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))
+}
+
+fn main() -> std::process::ExitCode {
+    let mut raw = std::env::args().skip(1);
+    if raw.next().as_deref() == Some("--serve-ceiling") {
+        let file = raw.next().unwrap_or_default();
+        return match ceiling::serve(Path::new(&file)) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ceiling server: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("entitled-bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_avg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn run() -> Result<()> {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let args = parse_args(&repo)?;
+    let mut report = Report::default();
+    report.load_before = load_avg();
+    report.machine = report::machine();
+    let bin = procs::build_daemon(&repo)?;
+    let data_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("target"))
+        .join("bench-data");
+    std::fs::create_dir_all(&data_dir)?;
+
+    // Build (or reuse) the big database first, on both cores.
+    eprintln!(
+        "database: {} profiles, {} events (cached in {})",
+        args.profiles,
+        args.profiles * gen::EVENTS_PER_PROFILE,
+        data_dir.display()
+    );
+    let started = Instant::now();
+    let (big_db, reused) = storage::ensure_dataset(&bin, &data_dir, args.profiles)?;
+    report.dataset = format!(
+        "{} profiles / {} events, {} ({:.0} s), {:.1} GB",
+        args.profiles,
+        args.profiles * gen::EVENTS_PER_PROFILE,
+        if reused {
+            "reused from the cache"
+        } else {
+            "generated"
+        },
+        started.elapsed().as_secs_f64(),
+        std::fs::metadata(&big_db)?.len() as f64 / 1e9
+    );
+    eprintln!("database: {}", report.dataset);
+
+    let (pin, pinning) = Pinning::apply(args.pin);
+    report.pinning = pinning;
+    eprintln!("pinning: {}", report.pinning);
+    let tmp = tempfile::Builder::new()
+        .prefix("run-")
+        .tempdir_in(&data_dir)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let phase = Duration::from_secs(args.seconds);
+    let warmup = Duration::from_secs(if args.quick { 1 } else { 2 });
+    let spec = |addr, connections, measure, mode, seed| Spec {
+        addr,
+        connections,
+        warmup,
+        measure,
+        mode,
+        seed,
+    };
+
+    // ---- 1. Ingest -------------------------------------------------------------
+    eprintln!(
+        "\n== ingest: {} connections, empty database",
+        args.connections
+    );
+    let ingest_db = tmp.path().join("ingest.db");
+    let port = procs::free_port()?;
+    let spawned = Instant::now();
+    let mut daemon =
+        procs::spawn_daemon(&bin, &pin, &ingest_db, port, &tmp.path().join("ingest.log"))?;
+    let startup_empty = daemon.poll_ready(Duration::from_secs(60))? - spawned;
+    daemon.wait_line(Duration::from_secs(60))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let empty_rss = procs::rss_bytes(daemon.pid)?;
+    report.daemon_threads = procs::threads(daemon.pid);
+    let ingest_stats = runtime.block_on(load::run(
+        spec(
+            daemon.addr,
+            args.connections,
+            phase.mul_f64(1.5),
+            Mode::Closed,
+            11,
+        ),
+        ingest_requests(NS_INGEST, None),
+        daemon.pid,
+    ))?;
+    daemon.stop()?;
+    eprintln!("ingest:   {}", ingest_stats.summary());
+    eprintln!(
+        "          stored {} duplicate {}",
+        ingest_stats.stored, ingest_stats.duplicate
+    );
+
+    let rows = storage::ingest_rows(NS_INGEST, if args.quick { 30_000 } else { 200_000 }, 11);
+    let limit = phase;
+    let (ceiling_rate, ceiling_rows) =
+        storage::baseline(&tmp.path().join("ceiling.db"), &rows, 1000, limit)?;
+    eprintln!(
+        "storage ceiling (1000/transaction): {ceiling_rate:.0} rows/s over {ceiling_rows} rows"
+    );
+    let (per_event_rate, per_event_rows) = storage::baseline(
+        &tmp.path().join("per-event.db"),
+        &rows,
+        1,
+        Duration::from_secs(if args.quick { 3 } else { 5 }),
+    )?;
+    eprintln!("commit per event: {per_event_rate:.0} rows/s over {per_event_rows} rows");
+    report.ingest(
+        &ingest_stats,
+        startup_empty,
+        ceiling_rate,
+        ceiling_rows,
+        per_event_rate,
+        per_event_rows,
+    );
+
+    // ---- 4. Start-up and memory -------------------------------------------------
+    eprintln!("\n== start-up on {}", big_db.display());
+    let mut startups = Vec::new();
+    let mut rss = Vec::new();
+    let mut daemon: Option<Server> = None;
+    for attempt in 0..3 {
+        if let Some(previous) = daemon.take() {
+            previous.stop()?;
+        }
+        let port = procs::free_port()?;
+        let spawned = Instant::now();
+        let mut d = procs::spawn_daemon(
+            &bin,
+            &pin,
+            &big_db,
+            port,
+            &tmp.path().join(format!("big-{attempt}.log")),
+        )?;
+        let ready = d.poll_ready(Duration::from_secs(120))?;
+        let took = ready - spawned;
+        d.wait_line(Duration::from_secs(10))?;
+        std::thread::sleep(Duration::from_millis(200));
+        let bytes = procs::rss_bytes(d.pid)?;
+        eprintln!(
+            "start-up {}: {:.3} s to /readyz 200, VmRSS {:.1} MB",
+            attempt + 1,
+            took.as_secs_f64(),
+            bytes as f64 / 1e6
+        );
+        startups.push(took);
+        rss.push(bytes);
+        daemon = Some(d);
+    }
+    let daemon = daemon.ok_or("no daemon")?;
+    report.startup(&startups, &rss, empty_rss, args.profiles);
+
+    // ---- 2. Lookup --------------------------------------------------------------
+    let sample_path = format!(
+        "/profiles/{}/access",
+        gen::profile_id(storage::NS_DATASET, 0)
+    );
+    let (status, head, body) = procs::http_get(daemon.addr, &sample_path)?;
+    if status != 200 {
+        return Err(format!("GET {sample_path}: {status}").into());
+    }
+    let body_file = tmp.path().join("ceiling-body");
+    ceiling::write_file(&body_file, &head, &body)?;
+    report.lookup_body = body.len();
+    eprintln!("\n== HTTP ceiling: constant {}-byte body", body.len());
+    let mut ceiling_server =
+        procs::spawn_ceiling(&pin, &body_file, &tmp.path().join("ceiling.log"))?;
+    ceiling_server.wait_line(Duration::from_secs(30))?;
+    let ceiling = runtime.block_on(load::run(
+        spec(
+            ceiling_server.addr,
+            args.connections,
+            phase,
+            Mode::Closed,
+            21,
+        ),
+        lookup_requests(args.profiles),
+        ceiling_server.pid,
+    ))?;
+    eprintln!("ceiling:  {}", ceiling.summary());
+    let half = ceiling.rate() / 2.0;
+    let ceiling_paced = runtime.block_on(load::run(
+        spec(
+            ceiling_server.addr,
+            args.connections,
+            phase,
+            Mode::Paced(half),
+            22,
+        ),
+        lookup_requests(args.profiles),
+        ceiling_server.pid,
+    ))?;
+    eprintln!("ceiling @50%: {}", ceiling_paced.summary());
+    ceiling_server.stop()?;
+
+    eprintln!("\n== lookups: {} profiles", args.profiles);
+    let lookup = runtime.block_on(load::run(
+        spec(daemon.addr, args.connections, phase, Mode::Closed, 23),
+        lookup_requests(args.profiles),
+        daemon.pid,
+    ))?;
+    eprintln!("lookup:   {}", lookup.summary());
+    let lookup_paced = runtime.block_on(load::run(
+        spec(daemon.addr, args.connections, phase, Mode::Paced(half), 24),
+        lookup_requests(args.profiles),
+        daemon.pid,
+    ))?;
+    eprintln!("lookup @50% of ceiling: {}", lookup_paced.summary());
+    let rss_after_lookups = procs::rss_bytes(daemon.pid)?;
+
+    // ---- 3. Mixed ---------------------------------------------------------------
+    // Lookups paced at a rate the daemon sustains (half the ceiling, or half its own
+    // closed-loop rate when that is lower), alone and beside a steady ingest.
+    let steady_rate = half.min(lookup.rate() / 2.0);
+    let lookup_steady = if steady_rate < half {
+        let steady = runtime.block_on(load::run(
+            spec(
+                daemon.addr,
+                args.connections,
+                phase,
+                Mode::Paced(steady_rate),
+                29,
+            ),
+            lookup_requests(args.profiles),
+            daemon.pid,
+        ))?;
+        eprintln!("lookup @{steady_rate:.0}/s: {}", steady.summary());
+        Some(steady)
+    } else {
+        None
+    };
+    let lookup_steady = lookup_steady.as_ref().unwrap_or(&lookup_paced);
+    eprintln!(
+        "\n== mixed: lookups ({steady_rate:.0}/s) while ingesting {} events/s",
+        args.mixed_rate
+    );
+    let ingest_conns = 8;
+    let (mixed_paced, mixed_ingest) = runtime.block_on(async {
+        tokio::join!(
+            load::run(
+                spec(
+                    daemon.addr,
+                    args.connections,
+                    phase,
+                    Mode::Paced(steady_rate),
+                    25
+                ),
+                lookup_requests(args.profiles),
+                daemon.pid,
+            ),
+            load::run(
+                spec(
+                    daemon.addr,
+                    ingest_conns,
+                    phase,
+                    Mode::Paced(args.mixed_rate),
+                    26,
+                ),
+                ingest_requests(NS_MIXED, Some(storage::MIXED_PREFIX)),
+                daemon.pid,
+            )
+        )
+    });
+    let (mixed_paced, mixed_ingest) = (mixed_paced?, mixed_ingest?);
+    eprintln!("mixed lookup paced: {}", mixed_paced.summary());
+    eprintln!("mixed ingest:       {}", mixed_ingest.summary());
+    let (mixed_closed, mixed_ingest_closed) = runtime.block_on(async {
+        tokio::join!(
+            load::run(
+                spec(daemon.addr, args.connections, phase, Mode::Closed, 27),
+                lookup_requests(args.profiles),
+                daemon.pid,
+            ),
+            load::run(
+                spec(
+                    daemon.addr,
+                    ingest_conns,
+                    phase,
+                    Mode::Paced(args.mixed_rate),
+                    28,
+                ),
+                ingest_requests(NS_MIXED + 1, Some(storage::MIXED_PREFIX)),
+                daemon.pid,
+            )
+        )
+    });
+    let (mixed_closed, mixed_ingest_closed) = (mixed_closed?, mixed_ingest_closed?);
+    eprintln!("mixed lookup closed: {}", mixed_closed.summary());
+    eprintln!("mixed ingest:        {}", mixed_ingest_closed.summary());
+    daemon.stop()?;
+    storage::remove_mixed(&rusqlite::Connection::open(&big_db)?)?;
+
+    report.lookup(
+        &ceiling,
+        &ceiling_paced,
+        &lookup,
+        &lookup_paced,
+        rss_after_lookups,
+    );
+    report.mixed(
+        lookup_steady,
+        &mixed_paced,
+        &mixed_ingest,
+        &lookup,
+        &mixed_closed,
+        &mixed_ingest_closed,
+        args.mixed_rate,
+    );
+    report.load_after = load_avg();
+    report.connections = args.connections;
+    report.seconds = args.seconds;
+    report.command = if args.quick {
+        "cargo run --release --example entitled-bench -- --quick".into()
+    } else {
+        "cargo run --release --example entitled-bench".into()
+    };
+
+    let table = report.table();
+    println!("\n{table}");
+    if let Some(out) = &args.out {
+        let analysis = std::fs::read_to_string(repo.join("examples/entitled-bench/analysis.md"))
+            .unwrap_or_default();
+        std::fs::write(out, report.markdown(&table, &analysis))?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+/// Webhook POSTs of a namespace: the next unique event, or (10 %) one already sent.
+fn ingest_requests(namespace: u64, prefix: Option<&'static str>) -> load::MakeRequest {
+    let next = Arc::new(AtomicU64::new(0));
+    Arc::new(move |rng| {
+        let sent = next.load(Ordering::Relaxed);
+        let i = if sent > 0 && rng.percent(10) {
+            rng.below(sent)
+        } else {
+            next.fetch_add(1, Ordering::Relaxed)
+        };
+        let p = i / gen::EVENTS_PER_PROFILE;
+        let mut events = match prefix {
+            Some(prefix) => {
+                gen::profile_events_with_id(namespace, p, format!("{prefix}{namespace}-{p}"))
+            }
+            None => gen::profile_events(namespace, p),
+        };
+        let event = events.swap_remove((i % gen::EVENTS_PER_PROFILE) as usize);
+        Req {
+            method: Method::POST,
+            path: "/webhooks/adapty".into(),
+            body: Bytes::from(gen::body(&event)),
+        }
+    })
+}
+
+/// `GET /profiles/{id}/access` of a random profile of the cached database.
+fn lookup_requests(profiles: u64) -> load::MakeRequest {
+    Arc::new(move |rng| Req {
+        method: Method::GET,
+        path: format!(
+            "/profiles/{}/access",
+            gen::profile_id(storage::NS_DATASET, rng.below(profiles))
+        ),
+        body: Bytes::new(),
+    })
+}

@@ -1,0 +1,307 @@
+//! Processes: building and starting the daemon, the HTTP-ceiling server, pinning, and
+//! what /proc says about them (CPU time, resident memory).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// How the processes are placed on cores.
+#[derive(Clone, Debug)]
+pub struct Pinning {
+    /// `taskset -c <server_cpu>` prefix for the daemon and the ceiling server, if any.
+    pub server_cpu: Option<usize>,
+}
+
+impl Pinning {
+    /// Daemon on core 0, this process (the load client) on core 1, when `taskset`
+    /// exists and there are at least two cores; otherwise nothing is pinned.
+    pub fn apply(enabled: bool) -> (Pinning, String) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let taskset = Command::new("taskset")
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        let none = Pinning { server_cpu: None };
+        if !enabled {
+            return (none, "not pinned (--no-pin)".into());
+        }
+        if !taskset {
+            return (none, "not pinned: `taskset` not found".into());
+        }
+        if cores < 2 {
+            return (none, format!("not pinned: only {cores} core(s) available"));
+        }
+        let pinned = Command::new("taskset")
+            .args(["-a", "-p", "-c", "1", &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !pinned {
+            return (none, "not pinned: `taskset -p` failed".into());
+        }
+        (
+            Pinning {
+                server_cpu: Some(0),
+            },
+            "server (daemon / HTTP-ceiling server) `taskset -c 0`; load client and \
+             SQLite baselines (this process) `taskset -a -p -c 1`"
+                .into(),
+        )
+    }
+
+    fn command(&self, program: &Path) -> Command {
+        match self.server_cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpu.to_string()).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+}
+
+/// Runs `cargo build --release --bin entitled` in the repository and returns the
+/// binary's path.
+pub fn build_daemon(repo: &Path) -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("building: cargo build --release --bin entitled");
+    let status = Command::new(cargo)
+        .current_dir(repo)
+        .args(["build", "--release", "--bin", "entitled"])
+        .status()?;
+    if !status.success() {
+        return Err("cargo build --release --bin entitled failed".into());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("target"));
+    let bin = target.join("release").join("entitled");
+    if !bin.exists() {
+        return Err(format!("{} not found after the build", bin.display()).into());
+    }
+    Ok(bin)
+}
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A server process this benchmark started; killed if dropped without [`Server::stop`].
+pub struct Server {
+    child: Option<Child>,
+    pub pid: u32,
+    pub addr: SocketAddr,
+    /// Set once the readiness line was seen.
+    ready_line: mpsc::Receiver<String>,
+}
+
+/// Starts `entitled serve` on `db`. With `port`, listens there; else on port 0 and the
+/// address comes from the readiness line. Returns at once (see [`Server::wait_line`]).
+pub fn spawn_daemon(bin: &Path, pin: &Pinning, db: &Path, port: u16, log: &Path) -> Result<Server> {
+    let mut cmd = pin.command(bin);
+    cmd.arg("serve")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--db")
+        .arg(db);
+    // The daemon's own defaults: durability FULL, info logs.
+    for var in [
+        "RUST_LOG",
+        "ENTITLED_SYNCHRONOUS",
+        "ENTITLED_WEBHOOK_TOKEN",
+        "ENTITLED_SANDBOX_WEBHOOK_TOKEN",
+        "ENTITLED_READ_TOKEN",
+        "ENTITLED_LISTEN",
+        "ENTITLED_DB",
+        "ENTITLED_SANDBOX",
+        "ENTITLED_EVENT_NAMES",
+        "ENTITLED_PRODUCT_LEVELS",
+        "ENTITLED_LOG_FORMAT",
+    ] {
+        cmd.env_remove(var);
+    }
+    spawn(cmd, log, "entitled listening on http://", port)
+}
+
+/// Starts this example again as the HTTP-ceiling server (see `ceiling.rs`).
+pub fn spawn_ceiling(pin: &Pinning, body_file: &Path, log: &Path) -> Result<Server> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = pin.command(&exe);
+    cmd.arg("--serve-ceiling").arg(body_file);
+    spawn(cmd, log, "ceiling listening on http://", 0)
+}
+
+fn spawn(mut cmd: Command, log: &Path, line_prefix: &'static str, port: u16) -> Result<Server> {
+    let log = std::fs::File::create(log)?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()?;
+    let pid = child.id();
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line.strip_prefix(line_prefix) {
+                let _ = tx.send(addr.trim().to_owned());
+            }
+        }
+    });
+    Ok(Server {
+        child: Some(child),
+        pid,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        ready_line: rx,
+    })
+}
+
+impl Server {
+    /// Waits for the readiness line on stdout, and takes the address from it.
+    pub fn wait_line(&mut self, within: Duration) -> Result<()> {
+        let addr = self
+            .ready_line
+            .recv_timeout(within)
+            .map_err(|_| format!("no readiness line within {within:?} (pid {})", self.pid))?;
+        self.addr = addr.parse()?;
+        Ok(())
+    }
+
+    /// Polls `GET /readyz` until it answers 200; returns when it did.
+    pub fn poll_ready(&mut self, within: Duration) -> Result<Instant> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    return Err(format!("the daemon exited during start-up: {status}").into());
+                }
+            }
+            if http_status(self.addr, "/readyz").ok() == Some(200) {
+                return Ok(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Err(format!("/readyz not 200 within {within:?}").into())
+    }
+
+    /// SIGTERM, then wait for the exit (SIGKILL after 30 s).
+    pub fn stop(mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                if !status.success() {
+                    eprintln!("note: pid {} exited with {status}", self.pid);
+                }
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill()?;
+        child.wait()?;
+        Err(format!("pid {} did not stop within 30 s of SIGTERM", self.pid).into())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One blocking HTTP/1.1 GET with `Connection: close`; the status code.
+pub fn http_status(addr: SocketAddr, path: &str) -> Result<u16> {
+    Ok(http_get(addr, path)?.0)
+}
+
+/// One blocking HTTP/1.1 GET: status, header block, body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String, Vec<u8>)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no header end")?;
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = head.split_whitespace().nth(1).ok_or("no status")?.parse()?;
+    Ok((status, head, response[split + 4..].to_vec()))
+}
+
+/// VmRSS of a process, in bytes.
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .ok_or("no VmRSS")?;
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .ok_or("no VmRSS value")?
+        .parse()?;
+    Ok(kb * 1024)
+}
+
+/// Clock ticks per second of /proc/*/stat times.
+pub fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// User + system CPU time of a process (all its threads) so far, in ticks. `None`
+/// for `self`.
+pub fn cpu_ticks(pid: Option<u32>) -> u64 {
+    let path = pid.map_or_else(
+        || "/proc/self/stat".to_owned(),
+        |p| format!("/proc/{p}/stat"),
+    );
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return 0;
+    };
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: `rest` starts at field 3.
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(11) + get(12)
+}
+
+/// The number of threads of a process.
+pub fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
+}

@@ -1,0 +1,382 @@
+//! The table on stdout and BENCHMARKS.md.
+
+use crate::load::Stats;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// One line of the table: a measurement, its same-run baseline, the ratio, the target.
+pub struct Check {
+    pub name: &'static str,
+    pub value: String,
+    pub baseline: String,
+    pub ratio: String,
+    pub target: &'static str,
+    pub pass: Option<bool>,
+}
+
+#[derive(Default)]
+pub struct Report {
+    pub command: String,
+    pub load_before: String,
+    pub load_after: String,
+    pub dataset: String,
+    pub pinning: String,
+    pub daemon_threads: usize,
+    pub connections: usize,
+    pub seconds: u64,
+    pub lookup_body: usize,
+    pub machine: String,
+    pub startup_empty: Option<Duration>,
+    pub rss_after_lookups: u64,
+    pub checks: Vec<Check>,
+    pub details: Vec<String>,
+}
+
+fn ms(d: f64) -> String {
+    if d < 10.0 {
+        format!("{d:.3} ms")
+    } else {
+        format!("{d:.1} ms")
+    }
+}
+
+fn latencies(s: &Stats) -> String {
+    format!(
+        "p50 {} / p99 {} / p99.9 {}",
+        ms(s.ms(0.5)),
+        ms(s.ms(0.99)),
+        ms(s.ms(0.999))
+    )
+}
+
+fn detail(name: &str, s: &Stats) -> String {
+    format!(
+        "| {name} | {:.0} | {} | {} | {} | {} | {:.1} ms | {} / {} | {:.2} | {:.2} |",
+        s.rate(),
+        ms(s.ms(0.5)),
+        ms(s.ms(0.99)),
+        ms(s.ms(0.999)),
+        ms(s.ms(0.9999)),
+        s.hist.max() as f64 / 1e6,
+        s.non_2xx,
+        s.errors,
+        s.server_cpu,
+        s.client_cpu
+    )
+}
+
+impl Report {
+    pub fn ingest(
+        &mut self,
+        s: &Stats,
+        startup_empty: Duration,
+        ceiling: f64,
+        ceiling_rows: usize,
+        per_event: f64,
+        per_event_rows: usize,
+    ) {
+        let rate = s.rate();
+        self.checks.push(Check {
+            name: "Ingest throughput vs storage ceiling",
+            value: format!(
+                "{rate:.0} events/s ({} stored, {} duplicate)",
+                s.stored, s.duplicate
+            ),
+            baseline: format!("{ceiling:.0} rows/s (rusqlite, 1000/tx, {ceiling_rows} rows)"),
+            ratio: format!("{:.2}", rate / ceiling),
+            target: "≥ 0.50",
+            pass: Some(rate / ceiling >= 0.5),
+        });
+        self.checks.push(Check {
+            name: "Ingest throughput vs commit per event",
+            value: format!("{rate:.0} events/s"),
+            baseline: format!(
+                "{per_event:.0} rows/s (rusqlite, 1 commit each, {per_event_rows} rows)"
+            ),
+            ratio: format!("{:.1}×", rate / per_event),
+            target: "≥ 5×",
+            pass: Some(rate / per_event >= 5.0),
+        });
+        self.checks.push(Check {
+            name: "Ingest latency at 64 connections",
+            value: latencies(s),
+            baseline: "–".into(),
+            ratio: "–".into(),
+            target: "p99 < 100 ms",
+            pass: Some(s.ms(0.99) < 100.0),
+        });
+        self.details.push(detail("ingest (closed loop)", s));
+        self.startup_empty = Some(startup_empty);
+    }
+
+    pub fn startup(&mut self, startups: &[Duration], rss: &[u64], empty_rss: u64, profiles: u64) {
+        let mut sorted: Vec<Duration> = startups.to_vec();
+        sorted.sort();
+        let median = sorted[sorted.len() / 2];
+        let empty = self.startup_empty.unwrap_or_default();
+        self.checks.push(Check {
+            name: "Start-up to /readyz 200",
+            value: format!(
+                "{:.2} s with {profiles} profiles (median of {}: {})",
+                median.as_secs_f64(),
+                startups.len(),
+                startups
+                    .iter()
+                    .map(|d| format!("{:.2}", d.as_secs_f64()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            baseline: format!("{:.3} s (empty database)", empty.as_secs_f64()),
+            ratio: format!(
+                "{:.0}×",
+                median.as_secs_f64() / empty.as_secs_f64().max(1e-6)
+            ),
+            target: "< 5 s",
+            pass: Some(median < Duration::from_secs(5)),
+        });
+        let mut sorted_rss = rss.to_vec();
+        sorted_rss.sort();
+        let rss_median = sorted_rss[sorted_rss.len() / 2];
+        let per_profile = rss_median.saturating_sub(empty_rss) as f64 / profiles as f64;
+        self.checks.push(Check {
+            name: "Resident memory per profile",
+            value: format!(
+                "{per_profile:.0} B/profile (VmRSS {:.1} MB)",
+                rss_median as f64 / 1e6
+            ),
+            baseline: format!("{:.1} MB (VmRSS, empty database)", empty_rss as f64 / 1e6),
+            ratio: format!("{:.1}×", rss_median as f64 / empty_rss as f64),
+            target: "< 300 B/profile",
+            pass: Some(per_profile < 300.0),
+        });
+    }
+
+    pub fn lookup(
+        &mut self,
+        ceiling: &Stats,
+        ceiling_paced: &Stats,
+        lookup: &Stats,
+        lookup_paced: &Stats,
+        rss_after: u64,
+    ) {
+        self.checks.push(Check {
+            name: "Lookup throughput vs HTTP ceiling",
+            value: format!("{:.0} req/s ({})", lookup.rate(), latencies(lookup)),
+            baseline: format!(
+                "{:.0} req/s (constant {}-byte body; {})",
+                ceiling.rate(),
+                self.lookup_body,
+                latencies(ceiling)
+            ),
+            ratio: format!("{:.2}", lookup.rate() / ceiling.rate()),
+            target: "≥ 0.80",
+            pass: Some(lookup.rate() / ceiling.rate() >= 0.8),
+        });
+        self.checks.push(Check {
+            name: "Lookup p99 at 50 % of the ceiling rate",
+            value: format!(
+                "{} at {:.0} req/s ({})",
+                ms(lookup_paced.ms(0.99)),
+                lookup_paced.rate(),
+                latencies(lookup_paced)
+            ),
+            baseline: format!(
+                "{} (HTTP ceiling at the same rate)",
+                ms(ceiling_paced.ms(0.99))
+            ),
+            ratio: format!("{:.2}", lookup_paced.ms(0.99) / ceiling_paced.ms(0.99)),
+            target: "p99 < 1 ms",
+            pass: Some(lookup_paced.ms(0.99) < 1.0),
+        });
+        self.details
+            .push(detail("HTTP ceiling (closed loop)", ceiling));
+        self.details
+            .push(detail("HTTP ceiling (paced, 50 %)", ceiling_paced));
+        self.details.push(detail("lookup (closed loop)", lookup));
+        self.details
+            .push(detail("lookup (paced, 50 % of ceiling)", lookup_paced));
+        self.rss_after_lookups = rss_after;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn mixed(
+        &mut self,
+        lookup_paced: &Stats,
+        mixed_paced: &Stats,
+        mixed_ingest: &Stats,
+        lookup: &Stats,
+        mixed_closed: &Stats,
+        mixed_ingest_closed: &Stats,
+        rate: f64,
+    ) {
+        let ratio = mixed_paced.ms(0.99) / lookup_paced.ms(0.99);
+        self.checks.push(Check {
+            name: "Lookup p99 while ingesting (lookups paced at a sustainable rate)",
+            value: format!(
+                "{} at {:.0} req/s, ingest {:.0}/s (p99 {})",
+                ms(mixed_paced.ms(0.99)),
+                mixed_paced.rate(),
+                mixed_ingest.rate(),
+                ms(mixed_ingest.ms(0.99))
+            ),
+            baseline: format!(
+                "{} (lookups alone at {:.0} req/s)",
+                ms(lookup_paced.ms(0.99)),
+                lookup_paced.rate()
+            ),
+            ratio: format!("{ratio:.2}×"),
+            target: "≤ 2×",
+            pass: Some(ratio <= 2.0),
+        });
+        let ratio = mixed_closed.ms(0.99) / lookup.ms(0.99);
+        self.checks.push(Check {
+            name: "Lookup p99 while ingesting (closed loop)",
+            value: format!(
+                "{} at {:.0} req/s, ingest {:.0}/s (p99 {})",
+                ms(mixed_closed.ms(0.99)),
+                mixed_closed.rate(),
+                mixed_ingest_closed.rate(),
+                ms(mixed_ingest_closed.ms(0.99))
+            ),
+            baseline: format!("{} (lookup only, closed loop)", ms(lookup.ms(0.99))),
+            ratio: format!("{ratio:.2}×"),
+            target: "≤ 2×",
+            pass: Some(ratio <= 2.0),
+        });
+        if !self
+            .details
+            .iter()
+            .any(|d| d.starts_with(&format!("| lookup (paced, {:.0}", lookup_paced.rate())))
+        {
+            self.details.push(detail(
+                &format!(
+                    "lookup (paced, {:.0}/s: the mixed baseline)",
+                    lookup_paced.rate()
+                ),
+                lookup_paced,
+            ));
+        }
+        self.details.push(detail(
+            &format!("mixed: lookups paced + ingest {rate:.0}/s"),
+            mixed_paced,
+        ));
+        self.details
+            .push(detail("mixed: the ingest beside them", mixed_ingest));
+        self.details
+            .push(detail("mixed: lookups closed loop + ingest", mixed_closed));
+        self.details
+            .push(detail("mixed: the ingest beside them", mixed_ingest_closed));
+    }
+
+    pub fn table(&self) -> String {
+        let mut t = String::new();
+        t.push_str("| measurement | result | baseline (same run) | ratio | target | |\n");
+        t.push_str("|---|---|---|---|---|---|\n");
+        for c in &self.checks {
+            let verdict = match c.pass {
+                Some(true) => "PASS",
+                Some(false) => "**FAIL**",
+                None => "",
+            };
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {} | {} | {verdict} |",
+                c.name, c.value, c.baseline, c.ratio, c.target
+            );
+        }
+        t
+    }
+
+    pub fn details_table(&self) -> String {
+        let mut t = String::from(
+            "| phase | req/s | p50 | p99 | p99.9 | p99.99 | max | non-2xx / errors | server CPU (cores) | client CPU (cores) |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        );
+        for d in &self.details {
+            t.push_str(d);
+            t.push('\n');
+        }
+        t
+    }
+
+    pub fn markdown(&self, table: &str, analysis: &str) -> String {
+        let machine = &self.machine;
+        let now = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC");
+        format!(
+            "# Benchmarks\n\n\
+             <!-- Written by `{cmd}`; the analysis section below the figures is kept by hand in \
+             examples/entitled-bench/analysis.md. -->\n\n\
+             One command: `cargo run --release --example entitled-bench` (the daemon over real \
+             HTTP on a real SQLite file; every figure against a baseline measured in the same \
+             run, because absolute times drift on shared machines). `cargo bench --bench \
+             projection` runs the parser and projection micro-benchmarks. No timing runs under \
+             `cargo test`.\n\n\
+             ## This run\n\n\
+             - date: {now}\n\
+             - command: `{cmd}`\n\
+             - machine: {machine}\n\
+             - load average (1/5/15 min) before: {before}; after: {after}\n\
+             - pinning: {pinning}; the daemon had {threads} threads, actix workers = \
+             `available_parallelism()` under its affinity (1 when pinned to one core), \
+             and the HTTP-ceiling server the same\n\
+             - database for start-up and lookups: {dataset}\n\
+             - load: {conns} keep-alive HTTP/1.1 connections (hyper), {secs} s measured \
+             per phase (ingest {ingest_secs} s) after a warm-up; latency from the scheduled send \
+             time in paced phases\n\n\
+             {table}\n\
+             ### Every phase\n\n\
+             {details}\n\
+             {analysis}",
+            cmd = self.command,
+            before = self.load_before,
+            after = self.load_after,
+            pinning = self.pinning,
+            threads = self.daemon_threads,
+            dataset = self.dataset,
+            conns = self.connections,
+            secs = self.seconds,
+            ingest_secs = self.seconds as f64 * 1.5,
+            details = self.details_table(),
+        )
+    }
+}
+
+/// nproc, CPU model, memory, kernel, rustc.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let nproc = std::process::Command::new("nproc")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .unwrap_or_default();
+    let online = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map_or_else(|| "?".into(), |kb| format!("{:.1} GB", kb / 1e6));
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let rustc =
+        std::process::Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()))
+            .arg("-V")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .unwrap_or_default();
+    format!(
+        "{online} CPUs ({model}), nproc {}, {mem} RAM, Linux {}, {}",
+        nproc.trim(),
+        kernel.trim(),
+        rustc.trim()
+    )
+}
