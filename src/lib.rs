@@ -196,6 +196,10 @@ fn warm(
     status: &Status,
 ) -> Result<(), store::StoreError> {
     status.record_commit(store::newest_received(conn)?);
+    // GET /changes reads the feed only when this says there is something past the
+    // cursor: without it, a restarted daemon would answer "nothing new" until the
+    // next change.
+    status.record_change(store::newest_change(conn)?);
     let mut changes = Vec::new();
     store::each_entitlement(conn, |row| {
         changes.push(Change::Level {
