@@ -11,12 +11,12 @@ use crate::projection;
 use crate::store::{self, history};
 use crate::telemetry;
 use crate::timestamp::Timestamp;
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header::{self, ContentType, HeaderValue};
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hasher};
 use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 
@@ -111,6 +111,7 @@ pub struct ProfileAnswer {
     /// The next instant this answer can change with no new event (an expiry, a grace
     /// end, a `starts_at`); null when nothing is scheduled.
     valid_until: Option<String>,
+    /// Must stay the last field: the ETag is a hash of the answer before it.
     checked_at: String,
 }
 
@@ -124,6 +125,7 @@ pub struct UserAnswer {
     #[schema(value_type = BTreeMap<String, LevelView>)]
     access_levels: BTreeMap<Arc<str>, LevelView>,
     valid_until: Option<String>,
+    /// Must stay the last field: the ETag is a hash of the answer before it.
     checked_at: String,
 }
 
@@ -249,17 +251,7 @@ pub async fn profile(
             profile_answer(&past, &profile_id, level, at)
         }
     };
-    let etag = etag(&(
-        &answer.profile_id,
-        &answer.customer_user_id,
-        &answer.access_levels,
-    ));
-    Ok(cacheable(
-        &request,
-        etag,
-        answer.valid_until.as_deref(),
-        &answer,
-    ))
+    Ok(cacheable(&request, answer.valid_until.as_deref(), &answer))
 }
 
 /// Is this user (your own id, over all their profiles) premium right now (or as of `at`)?
@@ -301,17 +293,7 @@ pub async fn user(
             user_answer(&past, &customer_user_id, profile_ids, level, at)
         }
     };
-    let etag = etag(&(
-        &answer.customer_user_id,
-        &answer.profile_ids,
-        &answer.access_levels,
-    ));
-    Ok(cacheable(
-        &request,
-        etag,
-        answer.valid_until.as_deref(),
-        &answer,
-    ))
+    Ok(cacheable(&request, answer.valid_until.as_deref(), &answer))
 }
 
 /// Up to 1,000 profile ids and customer user ids in one request.
@@ -570,22 +552,33 @@ async fn as_of(
     .map_err(|e| ApiError::store_unavailable(&e))
 }
 
-/// A strong ETag over what the answer says (not when it was asked).
-fn etag(content: &impl Serialize) -> String {
-    let bytes = serde_json::to_vec(content).unwrap_or_default();
-    let digest = Sha256::digest(&bytes);
-    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    format!("\"{hex}\"")
+/// A strong ETag over what an answer says, not when it was asked: a hash of its JSON
+/// up to the final `checked_at` field, which every answer type ends with. A quote
+/// inside a JSON string is always escaped, so `,"checked_at":` can only be that field.
+/// SipHash (std's `DefaultHasher`) is stable for a given build; an upgrade may change
+/// every ETag once, which costs callers one full answer each, nothing more.
+fn etag(body: &[u8]) -> String {
+    const CLOCK: &[u8] = b",\"checked_at\":";
+    let content = body
+        .windows(CLOCK.len())
+        .rposition(|w| w == CLOCK)
+        .map_or(body, |end| &body[..end]);
+    let mut hasher = DefaultHasher::new();
+    hasher.write(content);
+    format!("\"{:016x}\"", hasher.finish())
 }
 
-/// 200 with the body, or 304 when `If-None-Match` has the ETag; both with
-/// `Cache-Control: private, max-age` up to `valid_until`, at most 60 s.
+/// 200 with the answer, or 304 when `If-None-Match` has its ETag; both with
+/// `Cache-Control: private, max-age` up to `valid_until`, at most 60 s. The answer is
+/// serialized once, for the body and the ETag both.
 fn cacheable(
     request: &HttpRequest,
-    etag: String,
     valid_until: Option<&str>,
-    body: &impl Serialize,
+    answer: &impl Serialize,
 ) -> HttpResponse {
+    // Serializing these types cannot fail: every map has string keys.
+    let body = serde_json::to_vec(answer).unwrap_or_default();
+    let etag = etag(&body);
     let now = Timestamp::now();
     let until = valid_until.and_then(Timestamp::parse_rfc3339);
     let max_age = until.map_or(MAX_CACHE_SECONDS, |until| {
@@ -611,6 +604,37 @@ fn cacheable(
     if matches {
         response.finish()
     } else {
-        response.json(body)
+        response.content_type(ContentType::json()).body(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(index: &Index, profile_id: &str, at: Timestamp) -> Vec<u8> {
+        serde_json::to_vec(&profile_answer(index, profile_id, None, at)).unwrap()
+    }
+
+    #[test]
+    fn the_etag_ignores_when_the_answer_was_asked_and_nothing_else() {
+        let index = Index::new();
+        let at = Timestamp::from_micros(1_900_000_000_000_000);
+        let later = at.saturating_add_micros(1);
+        // A profile id that spells the field name cannot shorten what is hashed.
+        let tricky = r#"p,"checked_at":"#;
+        for id in ["p1", tricky] {
+            let (a, b) = (body(&index, id, at), body(&index, id, later));
+            assert_ne!(a, b, "the bodies differ by checked_at");
+            assert_eq!(etag(&a), etag(&b), "{id}");
+        }
+        assert_ne!(
+            etag(&body(&index, "p1", at)),
+            etag(&body(&index, "p2", at))
+        );
+        assert_ne!(
+            etag(&body(&index, tricky, at)),
+            etag(&body(&index, "p", at))
+        );
     }
 }

@@ -134,21 +134,28 @@ pub async fn observe(
 }
 
 /// The request span: method, route, request id, status and error; never the client's
-/// address, user agent or body.
+/// address, user agent or body. It is a `debug` span: at the default level it is off
+/// and costs nothing (formatting its fields was a tenth of a lookup's CPU), and the
+/// info-level lines of refused and failed requests carry the same fields themselves.
 pub struct RootSpan;
+
+fn request_id(request: &actix_web::HttpRequest) -> String {
+    request
+        .extensions()
+        .get::<RequestId>()
+        .map(|id| id.to_string())
+        .unwrap_or_default()
+}
 
 impl RootSpanBuilder for RootSpan {
     fn on_request_start(request: &ServiceRequest) -> Span {
-        let request_id = request
-            .extensions()
-            .get::<RequestId>()
-            .map(|id| id.to_string())
-            .unwrap_or_default();
-        tracing::info_span!(
+        // Field values are computed only when the span is on. The route is recorded at
+        // the end: before routing, `match_pattern` would match the path again.
+        tracing::debug_span!(
             "request",
             method = %request.method(),
-            route = %request.match_pattern().unwrap_or_else(|| "unmatched".into()),
-            request_id = %request_id,
+            route = tracing::field::Empty,
+            request_id = %request_id(request.request()),
             status = tracing::field::Empty,
             error = tracing::field::Empty,
         )
@@ -158,29 +165,48 @@ impl RootSpanBuilder for RootSpan {
         span: Span,
         outcome: &Result<ServiceResponse<B>, actix_web::Error>,
     ) {
-        let (status, error) = match outcome {
+        let (request, status, error) = match outcome {
             Ok(response) => (
+                Some(response.request()),
                 response.status(),
                 response.response().error().map(|e| e.to_string()),
             ),
             Err(error) => (
+                None,
                 error.as_response_error().status_code(),
                 Some(error.to_string()),
             ),
         };
+        let served = !status.is_client_error() && !status.is_server_error();
+        if served && span.is_disabled() {
+            return;
+        }
+        // After routing this is a lookup of the matched resource, not a match.
+        let route = request
+            .and_then(|r| r.match_pattern())
+            .unwrap_or_else(|| "unmatched".into());
+        span.record("route", route.as_str());
         span.record("status", status.as_u16());
         if let Some(error) = &error {
             span.record("error", error.as_str());
         }
         let _entered = span.enter();
+        let method = request.map(|r| r.method().as_str()).unwrap_or_default();
+        let request_id = request.map(request_id).unwrap_or_default();
         if status.is_server_error() {
             tracing::error!(
+                request_id,
+                method,
+                route,
                 status = status.as_u16(),
                 error = error.as_deref(),
                 "request failed"
             );
         } else if status.is_client_error() {
             tracing::info!(
+                request_id,
+                method,
+                route,
                 status = status.as_u16(),
                 error = error.as_deref(),
                 "request refused"
