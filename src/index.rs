@@ -66,6 +66,14 @@ impl Index {
         Self::default()
     }
 
+    /// An index sized for `profiles` profiles, so warm-up never rehashes.
+    pub fn with_capacity(profiles: usize) -> Self {
+        Index {
+            profiles: DashMap::with_capacity(profiles),
+            ..Self::default()
+        }
+    }
+
     /// Calls `f` with the profile's committed state (`None`: never seen) and returns
     /// what it returns. No reference escapes, so no lock is held beyond the call.
     pub fn with_profile<R>(

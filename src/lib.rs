@@ -63,7 +63,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
 
     let status = Arc::new(Status::new());
     let rules = Arc::new(args.projection.rules());
-    let index = Arc::new(Index::new());
+    let index = Arc::new(Index::with_capacity(store::profile_count(&conn)?));
     let event_names = Arc::new(args.projection.event_names.clone());
     let (writer, queue) = writer::queue();
     let webhook_auth = WebhookAuth::new(
@@ -189,7 +189,8 @@ pub fn rebuild(args: RebuildArgs) -> Result<store::rebuild::Summary, store::Stor
     store::rebuild::rebuild(&mut conn, &rules, &decode, !args.check, Timestamp::now())
 }
 
-/// Loads committed state into the index.
+/// Loads committed state into the index: SQLite reads on this thread while a second
+/// one fills the index, since the two cost about the same (BENCHMARKS.md).
 fn warm(
     conn: &rusqlite::Connection,
     index: &Index,
@@ -200,23 +201,42 @@ fn warm(
     // cursor: without it, a restarted daemon would answer "nothing new" until the
     // next change.
     status.record_change(store::newest_change(conn)?);
-    let mut changes = Vec::new();
-    store::each_entitlement(conn, |row| {
-        changes.push(Change::Level {
-            profile_id: Arc::from(row.profile_id),
-            access_level_id: Arc::from(row.access_level_id),
-            entitlement: Some(row.entitlement),
+    const CHUNK: usize = 10_000;
+    let (chunks, received) = std::sync::mpsc::sync_channel::<Vec<Change>>(4);
+    std::thread::scope(|scope| {
+        let filler = scope.spawn(move || received.into_iter().for_each(|c| index.apply(c)));
+        let read = store::with_mmap(conn, || {
+            let mut changes = Vec::with_capacity(CHUNK);
+            let flush = |changes: &mut Vec<Change>| {
+                // The filler only stops early by panicking, which the join reports.
+                let _ = chunks.send(std::mem::replace(changes, Vec::with_capacity(CHUNK)));
+            };
+            store::each_entitlement(conn, |row| {
+                changes.push(Change::Level {
+                    profile_id: Arc::from(row.profile_id),
+                    access_level_id: Arc::from(row.access_level_id),
+                    entitlement: Some(row.entitlement),
+                });
+                if changes.len() >= CHUNK {
+                    flush(&mut changes);
+                }
+            })?;
+            store::each_customer_user_id(conn, |profile_id, customer_user_id| {
+                changes.push(Change::CustomerUserId {
+                    profile_id: Arc::from(profile_id),
+                    customer_user_id: Arc::from(customer_user_id),
+                });
+                if changes.len() >= CHUNK {
+                    flush(&mut changes);
+                }
+            })?;
+            flush(&mut changes);
+            Ok(())
         });
-        if changes.len() >= 10_000 {
-            index.apply(changes.drain(..));
+        drop(chunks);
+        match filler.join() {
+            Ok(()) => read,
+            Err(panic) => std::panic::resume_unwind(panic),
         }
-    })?;
-    store::each_customer_user_id(conn, |profile_id, customer_user_id| {
-        changes.push(Change::CustomerUserId {
-            profile_id: Arc::from(profile_id),
-            customer_user_id: Arc::from(customer_user_id),
-        });
-    })?;
-    index.apply(changes);
-    Ok(())
+    })
 }

@@ -385,6 +385,25 @@ pub fn each_entitlement(
     Ok(())
 }
 
+/// How many profiles the database knows: the index is sized for them up front.
+pub fn profile_count(conn: &Connection) -> Result<usize, StoreError> {
+    let count: i64 = conn.query_row("SELECT count(*) FROM profiles", [], |r| r.get(0))?;
+    Ok(usize::try_from(count).unwrap_or(0))
+}
+
+/// Runs `read` with SQLite reading the file through a memory map, then turns the map
+/// off again: a full scan (warm-up) then costs page faults, not a `pread` a page. Off
+/// for everything else, since an I/O error under a map is a signal, not an error code.
+pub fn with_mmap<T>(
+    conn: &Connection,
+    read: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.pragma_update(None, "mmap_size", 1i64 << 40)?;
+    let result = read();
+    conn.pragma_update(None, "mmap_size", 0)?;
+    result
+}
+
 /// `received_at` of the newest stored event.
 pub fn newest_received(conn: &Connection) -> Result<Option<Timestamp>, StoreError> {
     let newest: Option<String> = conn
