@@ -136,8 +136,13 @@ mod tests {
             "2031-12-31T23:59:59.000001Z",
             "0001-01-01T00:00:00.000000Z",
         ] {
-            let chrono = DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc);
-            assert_eq!(Timestamp::parse_written(text), Some(Timestamp::from(chrono)));
+            let chrono = DateTime::parse_from_rfc3339(text)
+                .unwrap()
+                .with_timezone(&Utc);
+            assert_eq!(
+                Timestamp::parse_written(text),
+                Some(Timestamp::from(chrono))
+            );
         }
         for not_ours in [
             "2031-02-30T00:00:00.000000Z",

@@ -628,10 +628,7 @@ mod tests {
             assert_ne!(a, b, "the bodies differ by checked_at");
             assert_eq!(etag(&a), etag(&b), "{id}");
         }
-        assert_ne!(
-            etag(&body(&index, "p1", at)),
-            etag(&body(&index, "p2", at))
-        );
+        assert_ne!(etag(&body(&index, "p1", at)), etag(&body(&index, "p2", at)));
         assert_ne!(
             etag(&body(&index, tricky, at)),
             etag(&body(&index, "p", at))
