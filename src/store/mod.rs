@@ -102,6 +102,10 @@ pub fn open(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreEr
             Synchronous::Normal => "NORMAL",
         },
     )?;
+    // 64 MiB of pages (default 2 MiB): the writer's inserts touch the index pages of
+    // `events`, which on a database of millions of events no longer fit in 2 MiB. The
+    // cache fills only as pages are read.
+    conn.pragma_update(None, "cache_size", -64 * 1024)?;
     migrate(&conn, &path.display().to_string())?;
     Ok(conn)
 }
@@ -449,6 +453,7 @@ mod tests {
         assert_eq!(pragma("journal_mode"), "Text(\"wal\")");
         assert_eq!(pragma("synchronous"), "Integer(2)"); // FULL
         assert_eq!(pragma("busy_timeout"), "Integer(5000)");
+        assert_eq!(pragma("cache_size"), "Integer(-65536)");
         assert_eq!(
             pragma("application_id"),
             format!("Integer({APPLICATION_ID})")
