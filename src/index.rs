@@ -5,22 +5,37 @@
 use crate::projection::{AccessWindow, Entitlement};
 use crate::timestamp::Timestamp;
 use dashmap::DashMap;
+use smallvec::SmallVec;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
+
+/// What a level is, as opposed to its state. A database holds a handful of distinct
+/// combinations (levels × stores × products × environments), so the index keeps one
+/// shared copy of each instead of four strings per level.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct LevelLabels {
+    pub access_level_id: Arc<str>,
+    pub store: Option<Arc<str>>,
+    pub vendor_product_id: Option<Arc<str>>,
+    pub environment: Option<Arc<str>>,
+}
 
 /// One access level of one profile, as the read API shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LevelAccess {
-    pub access_level_id: Arc<str>,
+    pub labels: Arc<LevelLabels>,
     pub window: AccessWindow,
     pub will_renew: bool,
     pub in_grace_period: bool,
     pub is_refund: bool,
-    pub store: Option<Arc<str>>,
-    pub vendor_product_id: Option<Arc<str>>,
-    pub environment: Option<Arc<str>>,
     /// `event_datetime` of the newest event folded into the level.
     pub updated_at: Timestamp,
+}
+
+impl LevelAccess {
+    pub fn access_level_id(&self) -> &Arc<str> {
+        &self.labels.access_level_id
+    }
 }
 
 /// What the index knows of one profile.
@@ -55,10 +70,11 @@ pub struct Counts {
 #[derive(Default)]
 pub struct Index {
     profiles: DashMap<Arc<str>, ProfileAccess>,
-    /// `customer_user_id` → the profiles that carry it.
-    users: DashMap<Arc<str>, Vec<Arc<str>>>,
-    /// Level ids, stores, products and environments are few: one copy of each.
-    strings: Mutex<HashSet<Arc<str>>>,
+    /// `customer_user_id` → the profiles that carry it: nearly always one, held
+    /// inline (a `Vec` would allocate room for four, ~80 bytes a user).
+    users: DashMap<Arc<str>, SmallVec<[Arc<str>; 1]>>,
+    /// The distinct [`LevelLabels`]: one copy of each.
+    labels: Mutex<HashSet<Arc<LevelLabels>>>,
 }
 
 impl Index {
@@ -92,7 +108,7 @@ impl Index {
         let mut ids = self
             .users
             .get(customer_user_id)
-            .map(|ids| ids.value().clone())
+            .map(|ids| ids.value().to_vec())
             .unwrap_or_default();
         ids.sort();
         ids
@@ -114,7 +130,7 @@ impl Index {
         for profile in self.profiles.iter() {
             for level in &profile.levels {
                 counts.entitlements += 1;
-                *active.entry(level.access_level_id.clone()).or_default() +=
+                *active.entry(level.access_level_id().clone()).or_default() +=
                     usize::from(level.window.grants_at(now));
             }
         }
@@ -139,36 +155,35 @@ impl Index {
         }
     }
 
-    fn intern(&self, s: &Arc<str>) -> Arc<str> {
-        let mut strings = self.strings.lock().unwrap_or_else(PoisonError::into_inner);
-        match strings.get(s) {
+    fn intern(&self, labels: LevelLabels) -> Arc<LevelLabels> {
+        let mut known = self.labels.lock().unwrap_or_else(PoisonError::into_inner);
+        match known.get(&labels) {
             Some(known) => known.clone(),
             None => {
-                strings.insert(s.clone());
-                s.clone()
+                let labels = Arc::new(labels);
+                known.insert(labels.clone());
+                labels
             }
         }
     }
 
-    fn intern_opt(&self, s: &Option<Arc<str>>) -> Option<Arc<str>> {
-        s.as_ref().map(|s| self.intern(s))
-    }
-
     fn set_level(&self, profile_id: Arc<str>, level: Arc<str>, entitlement: Option<Entitlement>) {
         let access = entitlement.map(|e| LevelAccess {
-            access_level_id: self.intern(&level),
+            labels: self.intern(LevelLabels {
+                access_level_id: level.clone(),
+                store: e.store,
+                vendor_product_id: e.vendor_product_id,
+                environment: e.environment,
+            }),
             window: e.window,
             will_renew: e.will_renew,
             in_grace_period: e.in_grace_period,
             is_refund: e.is_refund,
-            store: self.intern_opt(&e.store),
-            vendor_product_id: self.intern_opt(&e.vendor_product_id),
-            environment: self.intern_opt(&e.environment),
             updated_at: e.last_event_at,
         });
         let mut profile = self.profiles.entry(profile_id).or_default();
         let levels = &mut profile.levels;
-        let position = levels.iter().position(|l| l.access_level_id == level);
+        let position = levels.iter().position(|l| *l.access_level_id() == level);
         match (position, access) {
             (Some(i), Some(access)) => levels[i] = access,
             (Some(i), None) => {
@@ -176,7 +191,7 @@ impl Index {
             }
             (None, Some(access)) => {
                 levels.push(access);
-                levels.sort_by(|a, b| a.access_level_id.cmp(&b.access_level_id));
+                levels.sort_by(|a, b| a.access_level_id().cmp(b.access_level_id()));
             }
             (None, None) => {}
         }

@@ -75,9 +75,9 @@ impl LevelView {
             is_lifetime: w.is_lifetime,
             in_grace_period: level.in_grace_period,
             is_refund: level.is_refund,
-            store: level.store.clone(),
-            vendor_product_id: level.vendor_product_id.clone(),
-            environment: level.environment.clone(),
+            store: level.labels.store.clone(),
+            vendor_product_id: level.labels.vendor_product_id.clone(),
+            environment: level.labels.environment.clone(),
             updated_at: level.updated_at.to_rfc3339(),
             profile_id,
             reach: (w.is_lifetime || w.expires_at.is_none(), w.expires_at),
@@ -130,7 +130,7 @@ pub struct UserAnswer {
 }
 
 fn wanted(level: &LevelAccess, access_level: Option<&str>) -> bool {
-    access_level.is_none_or(|wanted| *level.access_level_id == *wanted)
+    access_level.is_none_or(|wanted| **level.access_level_id() == *wanted)
 }
 
 /// The answer for one profile from an index, evaluated at `at`.
@@ -152,7 +152,7 @@ pub fn profile_answer(
             .map(|level| {
                 valid_until = earliest(valid_until, next_change(level, at));
                 (
-                    level.access_level_id.clone(),
+                    level.access_level_id().clone(),
                     LevelView::new(level, at, None),
                 )
             })
@@ -187,10 +187,10 @@ pub fn user_answer(
                 }
                 valid_until = earliest(valid_until, next_change(level, at));
                 let candidate = LevelView::new(level, at, Some(profile_id.clone()));
-                match access_levels.get(&level.access_level_id) {
+                match access_levels.get(level.access_level_id()) {
                     Some(best) if better(best, &candidate) != Ordering::Less => {}
                     _ => {
-                        access_levels.insert(level.access_level_id.clone(), candidate);
+                        access_levels.insert(level.access_level_id().clone(), candidate);
                     }
                 }
             }
