@@ -141,6 +141,22 @@ fn invalid(field: &str, expected: &'static str) -> ParseError {
     }
 }
 
+/// Where a field was found: its name in an error message.
+#[derive(Clone, Copy)]
+enum Place {
+    Top(&'static str),
+    Properties(&'static str),
+}
+
+impl Place {
+    fn invalid(self, expected: &'static str) -> ParseError {
+        match self {
+            Place::Top(name) => invalid(name, expected),
+            Place::Properties(name) => invalid(&format!("event_properties.{name}"), expected),
+        }
+    }
+}
+
 /// Where a field is looked up: event-specific fields in `event_properties` first and
 /// the top level as a fallback (one old page puts them there); envelope fields the
 /// other way round. A missing key and an explicit `null` are the same.
@@ -150,14 +166,15 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    fn lookup(&self, name: &str, envelope: bool) -> Option<(String, &'a Value)> {
+    /// The value, and where it was found (for an error message: built only then).
+    fn lookup(&self, name: &'static str, envelope: bool) -> Option<(Place, &'a Value)> {
         let in_props = || {
             let v = self.props?.get(name).filter(|v| !v.is_null())?;
-            Some((format!("event_properties.{name}"), v))
+            Some((Place::Properties(name), v))
         };
         let in_top = || {
             let v = self.top.get(name).filter(|v| !v.is_null())?;
-            Some((name.to_owned(), v))
+            Some((Place::Top(name), v))
         };
         if envelope {
             in_top().or_else(in_props)
@@ -166,25 +183,25 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn string(&self, name: &str, envelope: bool) -> Result<Option<&'a str>, ParseError> {
+    fn string(&self, name: &'static str, envelope: bool) -> Result<Option<&'a str>, ParseError> {
         match self.lookup(name, envelope) {
             None => Ok(None),
             Some((_, Value::String(s))) if s.trim().is_empty() => Ok(None),
             Some((_, Value::String(s))) => Ok(Some(s)),
-            Some((field, _)) => Err(invalid(&field, "a string")),
+            Some((place, _)) => Err(place.invalid("a string")),
         }
     }
 
     /// Ids are strings in every sample, but nothing is gained by refusing a number.
-    fn identifier(&self, name: &str, envelope: bool) -> Result<Option<String>, ParseError> {
+    fn identifier(&self, name: &'static str, envelope: bool) -> Result<Option<String>, ParseError> {
         match self.lookup(name, envelope) {
             Some((_, Value::Number(n))) => Ok(Some(n.to_string())),
             _ => Ok(self.string(name, envelope)?.map(str::to_owned)),
         }
     }
 
-    fn date_time(&self, name: &str, envelope: bool) -> Result<Option<Timestamp>, ParseError> {
-        let Some((field, value)) = self.lookup(name, envelope) else {
+    fn date_time(&self, name: &'static str, envelope: bool) -> Result<Option<Timestamp>, ParseError> {
+        let Some((place, value)) = self.lookup(name, envelope) else {
             return Ok(None);
         };
         const EXPECTED: &str = "a datetime such as 2031-03-05T09:10:11.123456+0000";
@@ -192,40 +209,40 @@ impl<'a> Fields<'a> {
             Value::String(s) if s.trim().is_empty() => Ok(None),
             Value::String(s) => datetime::parse(s)
                 .map(Some)
-                .ok_or_else(|| invalid(&field, EXPECTED)),
-            _ => Err(invalid(&field, EXPECTED)),
+                .ok_or_else(|| place.invalid(EXPECTED)),
+            _ => Err(place.invalid(EXPECTED)),
         }
     }
 
-    fn envelope_str(&self, name: &str) -> Result<Option<&'a str>, ParseError> {
+    fn envelope_str(&self, name: &'static str) -> Result<Option<&'a str>, ParseError> {
         self.string(name, true)
     }
 
-    fn envelope_id(&self, name: &str) -> Result<Option<String>, ParseError> {
+    fn envelope_id(&self, name: &'static str) -> Result<Option<String>, ParseError> {
         self.identifier(name, true)
     }
 
-    fn envelope_datetime(&self, name: &str) -> Result<Option<Timestamp>, ParseError> {
+    fn envelope_datetime(&self, name: &'static str) -> Result<Option<Timestamp>, ParseError> {
         self.date_time(name, true)
     }
 
-    fn str(&self, name: &str) -> Result<Option<&'a str>, ParseError> {
+    fn str(&self, name: &'static str) -> Result<Option<&'a str>, ParseError> {
         self.string(name, false)
     }
 
-    fn id(&self, name: &str) -> Result<Option<String>, ParseError> {
+    fn id(&self, name: &'static str) -> Result<Option<String>, ParseError> {
         self.identifier(name, false)
     }
 
-    fn datetime(&self, name: &str) -> Result<Option<Timestamp>, ParseError> {
+    fn datetime(&self, name: &'static str) -> Result<Option<Timestamp>, ParseError> {
         self.date_time(name, false)
     }
 
-    fn bool(&self, name: &str) -> Result<Option<bool>, ParseError> {
+    fn bool(&self, name: &'static str) -> Result<Option<bool>, ParseError> {
         match self.lookup(name, false) {
             None => Ok(None),
             Some((_, Value::Bool(b))) => Ok(Some(*b)),
-            Some((field, _)) => Err(invalid(&field, "true or false")),
+            Some((place, _)) => Err(place.invalid("true or false")),
         }
     }
 

@@ -341,7 +341,7 @@ fn ingest(
         None => (None, false),
     };
     let next = projection::fold_arrival(saved.clone(), event, || {
-        level_log(conn, &event.profile_id, &level, rules, decode)
+        level_log(conn, event, &level, rules, decode)
     })?;
     let active_now = next.as_ref().is_some_and(|e| e.window.grants_at(now));
     if active_now != reported {
@@ -414,27 +414,32 @@ fn report_clock(
     Ok(())
 }
 
-/// Every stored event of one level of a profile (the one just inserted included), for
-/// refolding the level when an event arrives out of order.
+/// Every stored event of one level of `event`'s profile, `event` included, for
+/// refolding the level when an event arrives out of order or the level has no saved
+/// state. Only the other events are read back and parsed: `event` is parsed already,
+/// and the first event of a new profile (the common case) reads nothing.
 fn level_log(
     conn: &Connection,
-    profile_id: &str,
+    event: &Event,
     level: &str,
     rules: &Rules,
     decode: &Decode,
 ) -> Result<Vec<Event>, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT body FROM events WHERE profile_id = ?1")?;
-    let mut rows = stmt.query(params![profile_id])?;
-    let mut events = Vec::new();
+    let mut stmt = conn.prepare_cached(
+        "SELECT body FROM events WHERE profile_id = ?1 AND profile_event_id <> ?2",
+    )?;
+    let mut rows = stmt.query(params![&*event.profile_id, &*event.id])?;
+    let mut events = vec![event.clone()];
     while let Some(row) = rows.next()? {
         let body: String = row.get(0)?;
-        let event = decode(&body).ok_or_else(|| {
+        let logged = decode(&body).ok_or_else(|| {
             StoreError::Corrupt(format!(
-                "a stored event of profile {profile_id} no longer parses"
+                "a stored event of profile {} no longer parses",
+                event.profile_id
             ))
         })?;
-        if rules.level_of(&event).as_deref() == Some(level) {
-            events.push(event);
+        if rules.level_of(&logged).as_deref() == Some(level) {
+            events.push(logged);
         }
     }
     Ok(events)
