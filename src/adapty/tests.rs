@@ -208,3 +208,18 @@ fn refuses_a_snapshot_with_wrong_types() {
     let err = event(&body).unwrap_err();
     assert_eq!(err, invalid("event_properties.is_active", "true or false"));
 }
+
+#[test]
+fn fields_are_read_once_and_only_from_objects() {
+    let parsed = |body: &str| parse(body.as_bytes(), &names());
+    let event = r#""event_type":"subscription_renewed","profile_id":"p","event_datetime":"2031-03-05T09:10:11.123456+0000""#;
+    // An array in place of event_properties is not read as its fields in order.
+    let err = parsed(&format!(r#"{{{event},"event_properties":["e1","p"]}}"#)).unwrap_err();
+    assert_eq!(err, invalid("event_properties", "an object"));
+    // A field entitled reads, given twice, is ambiguous: refused, not "the last wins".
+    let err = parsed(&format!(r#"{{{event},"profile_id":"q"}}"#)).unwrap_err();
+    assert_eq!(err.code(), "invalid_json", "{err}");
+    // Fields it does not read may repeat, as they may hold anything.
+    let ok = parsed(&format!(r#"{{{event},"idfa":"a","idfa":"b"}}"#));
+    assert!(matches!(ok, Ok(Webhook::Event(_))), "{ok:?}");
+}
