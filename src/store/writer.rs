@@ -206,15 +206,17 @@ impl Writer {
         let now = Timestamp::now();
         let mut effects = Effects::default();
         let result = (|| -> Result<Vec<Reply>, StoreError> {
-            let mut tx = self
+            let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut replies = Vec::with_capacity(size);
             for command in batch.iter() {
                 let mut event_effects = Effects::default();
-                let mut savepoint = tx.savepoint()?;
+                // A savepoint each, through cached statements: rusqlite's `Savepoint`
+                // prepares SAVEPOINT and RELEASE anew every time (~8k instructions).
+                tx.prepare_cached("SAVEPOINT event")?.execute([])?;
                 let reply = ingest(
-                    &savepoint,
+                    &tx,
                     &command.event,
                     now,
                     &self.rules,
@@ -223,11 +225,11 @@ impl Writer {
                 )
                 .map_err(Arc::new);
                 if reply.is_ok() {
-                    savepoint.commit()?;
                     effects.absorb(event_effects);
                 } else {
-                    savepoint.rollback()?;
+                    tx.prepare_cached("ROLLBACK TO event")?.execute([])?;
                 }
+                tx.prepare_cached("RELEASE event")?.execute([])?;
                 replies.push(reply);
             }
             report_clock(&tx, now, &mut effects)?;
