@@ -488,3 +488,93 @@ fn record_profile(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapty::{self, EventNames, Webhook};
+    use crate::config::Synchronous;
+
+    fn received(profile_id: &str, id: &str, at: &str) -> Box<ReceivedEvent> {
+        let body = serde_json::json!({
+            "profile_id": profile_id,
+            "event_type": "subscription_renewed",
+            "event_datetime": at,
+            "event_properties": {
+                "profile_event_id": id,
+                "subscription_expires_at": "2031-04-05T09:10:11.000000+0000"
+            }
+        });
+        match adapty::parse(body.to_string().as_bytes(), &EventNames::default()) {
+            Ok(Webhook::Event(received)) => received,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// One failing event of a batch rolls back to its own savepoint: the others in the
+    /// same transaction commit, and the failed one leaves no trace.
+    #[test]
+    fn a_failing_event_rolls_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.db");
+        // Bodies of profile "poisoned" stop decoding after they are stored (as after a
+        // bad upgrade), so refolding that profile fails.
+        let decode: Arc<Decode> = Arc::new(|body: &str| {
+            (!body.contains("poisoned"))
+                .then(|| adapty::decode_stored(body, &EventNames::default()))
+                .flatten()
+        });
+        let mut writer = Writer {
+            conn: crate::store::open(&path, Synchronous::Full).unwrap(),
+            index: Arc::new(Index::new()),
+            status: Arc::new(Status::new()),
+            rules: Arc::new(Rules::default()),
+            decode,
+        };
+        let mut run = |events: Vec<Box<ReceivedEvent>>| {
+            let (mut batch, mut answers) = (Vec::new(), Vec::new());
+            for event in events {
+                let (reply, answer) = oneshot::channel();
+                batch.push(Ingest { event, reply });
+                answers.push(answer);
+            }
+            writer.commit_batch(&mut batch);
+            answers
+                .into_iter()
+                .map(|mut a| a.try_recv().unwrap().map_err(|e| e.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let later = "2031-03-06T09:10:11.000000+0000";
+        let earlier = "2031-03-04T09:10:11.000000+0000";
+        assert_eq!(
+            run(vec![received("poisoned", "a", later)]),
+            [Ok(Outcome::Stored)]
+        );
+        // "b" arrives out of order, so its level is refolded from the log: it fails.
+        let replies = run(vec![
+            received("poisoned", "b", earlier),
+            received("healthy", "c", later),
+        ]);
+        assert!(replies[0]
+            .as_ref()
+            .is_err_and(|e| e.contains("no longer parses")));
+        assert_eq!(replies[1], Ok(Outcome::Stored));
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let ids: Vec<String> = conn
+            .prepare("SELECT profile_event_id FROM events ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(ids, ["a", "c"]);
+        let last: Vec<String> = conn
+            .prepare("SELECT last_event_id FROM entitlements ORDER BY profile_id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(last, ["c", "a"]);
+    }
+}
