@@ -63,7 +63,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
 
     let status = Arc::new(Status::new());
     let rules = Arc::new(args.projection.rules());
-    let index = Arc::new(Index::with_capacity(store::profile_count(&conn)?));
+    // Counted through the memory map, like the warm-up scan: a full scan through the
+    // page cache would leave it holding the profiles table, megabytes nobody reads.
+    let profiles = store::with_mmap(&conn, || store::profile_count(&conn))?;
+    let index = Arc::new(Index::with_capacity(profiles));
     let event_names = Arc::new(args.projection.event_names.clone());
     let (writer, queue) = writer::queue();
     let webhook_auth = WebhookAuth::new(
@@ -201,7 +204,9 @@ fn warm(
     // cursor: without it, a restarted daemon would answer "nothing new" until the
     // next change.
     status.record_change(store::newest_change(conn)?);
-    const CHUNK: usize = 10_000;
+    // Small chunks: rows in flight are freed after warm-up but their memory stays with
+    // the process (10,000-row chunks left ~10 MB more resident on 100k profiles).
+    const CHUNK: usize = 1_000;
     let (chunks, received) = std::sync::mpsc::sync_channel::<Vec<Change>>(4);
     std::thread::scope(|scope| {
         let filler = scope.spawn(move || received.into_iter().for_each(|c| index.apply(c)));
