@@ -60,6 +60,8 @@ impl Status {
         self.stopped.store(true, Ordering::Release);
     }
 
+    /// A transaction that wrote has committed: the store takes writes, whatever failed
+    /// before.
     pub fn record_commit(&self, newest_received: Option<Timestamp>) {
         if let Some(t) = newest_received {
             self.newest_received

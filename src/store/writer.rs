@@ -247,7 +247,11 @@ impl Writer {
                     .iter()
                     .filter(|r| matches!(r, Ok(Outcome::Stored | Outcome::Ignored)))
                     .count();
-                self.status.record_commit((stored > 0).then_some(now));
+                // Only a transaction that wrote proves the disk takes writes again: the
+                // clock's empty ticks commit even on a full disk.
+                if stored > 0 || effects.newest_change.is_some() {
+                    self.status.record_commit((stored > 0).then_some(now));
+                }
                 if let Some(seq) = effects.newest_change {
                     self.status.record_change(seq);
                 }
