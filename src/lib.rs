@@ -121,9 +121,24 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     .backlog(2048)
     .listen(listener)?
     .shutdown_timeout(args.shutdown_timeout)
+    // Our own handler: actix-server's stops gracefully on SIGTERM but drops requests
+    // in flight on SIGINT, and cannot wake the change feed's long polls.
+    .disable_signals()
     .run();
     let server_handle = server.handle();
     let server = actix_web::rt::spawn(server);
+    let (stopping, handle) = (status.clone(), server_handle.clone());
+    actix_web::rt::spawn(async move {
+        match stop_signal().await {
+            Ok(signal) => tracing::info!(signal, "stopping: finishing requests in flight"),
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM/SIGINT; stopping");
+            }
+        }
+        // /readyz turns 503 and parked long polls answer now, so the drain is short.
+        stopping.set_stopped();
+        handle.stop(true).await;
+    });
     tracing::info!(%addr, "listening; warming the index");
 
     let started = Instant::now();
@@ -171,7 +186,6 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     stdout.flush()?;
 
     let served = server.await.map_err(|_| ServeError::ServerPanicked)?;
-    status.set_stopped();
     writer.stop().await;
     drop(writer);
     writer_thread
@@ -181,9 +195,26 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     Ok(served?)
 }
 
+/// Waits for SIGTERM or SIGINT; both mean "stop gracefully".
+async fn stop_signal() -> std::io::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    })
+}
+
 /// `entitled rebuild`: folds the whole event log again under the given configuration.
 /// With `check`, writes nothing and reports whether the table differs.
 pub fn rebuild(args: RebuildArgs) -> Result<store::rebuild::Summary, store::StoreError> {
+    // Opening would create the file: a typo in --db would "match" an empty database.
+    if !args.store.db.exists() {
+        return Err(store::StoreError::NoDatabase {
+            path: args.store.db.display().to_string(),
+        });
+    }
     let mut conn = store::open(&args.store.db, args.store.synchronous)?;
     let _lock = store::lock_for_writing(&args.store.db)?;
     let names = args.projection.event_names.clone();

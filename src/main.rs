@@ -10,7 +10,8 @@ fn main() -> ExitCode {
             match actix_web::rt::System::new().block_on(entitled::serve(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
-                    eprintln!("entitled: {error}");
+                    // Through the logger, so that --log-format json stays JSON.
+                    tracing::error!("entitled: {error}");
                     ExitCode::FAILURE
                 }
             }

@@ -56,8 +56,15 @@ impl Status {
         self.warmed.load(Ordering::Acquire)
     }
 
+    /// Shutdown has begun: not ready, and every long poll is woken to answer now
+    /// rather than hold the drain up for its whole wait.
     pub fn set_stopped(&self) {
         self.stopped.store(true, Ordering::Release);
+        self.newest_change.send_modify(|_| {});
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
     }
 
     /// A transaction that wrote has committed: the store takes writes, whatever failed
@@ -90,7 +97,7 @@ impl Status {
     /// `Ok` when the database is open and its last write succeeded and the index is
     /// warm; otherwise why not.
     pub fn readiness(&self) -> Result<(), String> {
-        if self.stopped.load(Ordering::Acquire) {
+        if self.is_stopped() {
             return Err("shutting down".into());
         }
         if !self.is_warmed() {

@@ -64,7 +64,8 @@ pub async fn changes(
         } else {
             Vec::new()
         };
-        if !found.is_empty() || tokio::time::Instant::now() >= deadline {
+        let done = tokio::time::Instant::now() >= deadline || state.status.is_stopped();
+        if !found.is_empty() || done {
             let next_after = found.last().map_or(after, |c| c.seq);
             return Ok(HttpResponse::Ok().json(ChangesAnswer {
                 changes: found,

@@ -29,6 +29,8 @@ pub enum StoreError {
     ForeignFile { path: String, found: i64 },
     #[error("{path} has schema version {found}, newer than this entitled ({SCHEMA_VERSION}); upgrade entitled")]
     NewerSchema { path: String, found: i64 },
+    #[error("{path} does not exist (check --db): there is nothing to rebuild")]
+    NoDatabase { path: String },
     #[error("{path} is in use by a running entitled (stop it first, or use a read-only command)")]
     InUse { path: String },
     #[error("cannot lock {path}: {source}")]
