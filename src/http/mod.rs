@@ -17,6 +17,7 @@ use crate::store::writer::WriterHandle;
 use crate::telemetry;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::error::JsonPayloadError;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage};
@@ -98,7 +99,28 @@ pub fn query_config() -> web::QueryConfig {
 pub fn json_config() -> web::JsonConfig {
     web::JsonConfig::default()
         .limit(webhook::MAX_BODY_BYTES)
-        .error_handler(|e, _| ApiError::BadRequest(e.to_string()).into())
+        .error_handler(|e, _| ApiError::BadRequest(json_error(&e)).into())
+}
+
+/// What is wrong with a JSON body, without quoting it: serde's messages repeat the
+/// offending value (a customer's email, say), and refusals are logged.
+fn json_error(error: &JsonPayloadError) -> String {
+    use serde_json::error::Category;
+    let JsonPayloadError::Deserialize(error) = error else {
+        // Size, content type, a broken connection: no content in these.
+        return error.to_string();
+    };
+    let what = match error.classify() {
+        Category::Syntax => "is not valid JSON",
+        Category::Eof => "ends early",
+        Category::Data => "does not have the shape this route takes (see /openapi.json)",
+        Category::Io => "could not be read",
+    };
+    format!(
+        "the body {what}: line {}, column {}",
+        error.line(),
+        error.column()
+    )
 }
 
 pub async fn not_found() -> Result<&'static str, ApiError> {
