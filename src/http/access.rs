@@ -589,8 +589,11 @@ fn cacheable(
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
+            // Weak comparison, as RFC 9110 asks of If-None-Match: a proxy that
+            // compresses the answer hands the client `W/"…"` for our tag.
             v.split(',')
-                .any(|tag| tag.trim() == etag || tag.trim() == "*")
+                .map(str::trim)
+                .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
         });
     let mut response = if matches {
         HttpResponse::NotModified()
