@@ -74,6 +74,9 @@ impl fmt::Display for ImportSummary {
 /// Events in flight to the writer at once: enough for full group commits.
 const IN_FLIGHT: usize = 2048;
 
+/// How many refused lines `import` names on stderr before it only counts them.
+const REFUSALS_NAMED: u64 = 100;
+
 pub fn import(args: ImportArgs) -> Result<ImportSummary, CliError> {
     let conn = store::open(&args.store.db, args.store.synchronous)?;
     let _lock = store::lock_for_writing(&args.store.db)?;
@@ -101,27 +104,42 @@ pub fn import(args: ImportArgs) -> Result<ImportSummary, CliError> {
     let mut pending: VecDeque<oneshot::Receiver<Reply>> = VecDeque::new();
     let mut reader = BufReader::new(input);
     let mut line = Vec::new();
+    // Physical line numbers, blank lines counted, as an editor shows them.
+    let mut number = 0u64;
+    let mut named = 0u64;
     loop {
         line.clear();
         let read = reader.read_until(b'\n', &mut line)?;
         if read == 0 {
             break;
         }
+        number += 1;
         progress.inc(read as u64);
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         summary.lines += 1;
         let body = line.strip_suffix(b"\n").unwrap_or(&line);
-        match adapty::parse(body, &names) {
-            Err(error) => *summary.refused.entry(error.code()).or_default() += 1,
-            Ok(Webhook::Verification { .. }) => {
-                *summary.refused.entry("not_an_event").or_default() += 1
+        let refused = match adapty::parse(body, &names) {
+            Err(error) => Some((error.code(), error.to_string())),
+            Ok(Webhook::Verification { .. }) => Some((
+                "not_an_event",
+                "a verification request, not an event".to_owned(),
+            )),
+            Ok(Webhook::Event(received)) => {
+                match handle.send_blocking(received) {
+                    Ok(answer) => pending.push_back(answer),
+                    Err(_) => summary.failed += 1,
+                }
+                None
             }
-            Ok(Webhook::Event(received)) => match handle.send_blocking(received) {
-                Ok(answer) => pending.push_back(answer),
-                Err(_) => summary.failed += 1,
-            },
+        };
+        if let Some((code, message)) = refused {
+            *summary.refused.entry(code).or_default() += 1;
+            named += 1;
+            if named <= REFUSALS_NAMED {
+                progress.suspend(|| eprintln!("line {number}: refused ({code}): {message}"));
+            }
         }
         while pending.len() >= IN_FLIGHT {
             if let Some(answer) = pending.pop_front() {
@@ -133,6 +151,12 @@ pub fn import(args: ImportArgs) -> Result<ImportSummary, CliError> {
         tally(&mut summary, answer.blocking_recv());
     }
     progress.finish_and_clear();
+    if named > REFUSALS_NAMED {
+        eprintln!(
+            "… and {} more refused lines (the summary counts them all)",
+            named - REFUSALS_NAMED
+        );
+    }
     handle.stop_blocking();
     drop(handle);
     let _ = thread.join();
