@@ -3,18 +3,25 @@
 //! (`Z`, `+HH:MM`), 0 to 9 fraction digits, and a missing offset (read as UTC).
 
 use crate::timestamp::Timestamp;
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDateTime, Utc};
 
+///
+/// Only years 0000 to 9999 (in UTC) are instants: chrono's `%Y` also reads `+10000` and
+/// `-0001`, which RFC 3339 text cannot hold, so the store could not read them back
+/// (and would refuse to start on them). No subscription lives there.
 pub fn parse(text: &str) -> Option<Timestamp> {
     let text = text.trim();
     let with_offset = DateTime::parse_from_rfc3339(text)
         .or_else(|_| DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%z"));
-    match with_offset {
-        Ok(t) => Some(Timestamp::from(t.with_timezone(&Utc))),
+    let utc = match with_offset {
+        Ok(t) => t.with_timezone(&Utc),
         Err(_) => NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
-            .ok()
-            .map(|t| Timestamp::from(t.and_utc())),
-    }
+            .ok()?
+            .and_utc(),
+    };
+    (0..=9999)
+        .contains(&utc.year())
+        .then(|| Timestamp::from(utc))
 }
 
 #[cfg(test)]
@@ -41,11 +48,25 @@ mod tests {
             "2031-03-05T09:10:11.000000Z"
         );
         assert_eq!(at("2031-03-05T09:10:11.1Z"), "2031-03-05T09:10:11.100000Z");
+        assert_eq!(
+            at("0000-01-01T00:00:00+0000"),
+            "0000-01-01T00:00:00.000000Z"
+        );
     }
 
     #[test]
     fn refuses_what_is_no_datetime() {
-        for text in ["", "yesterday", "2031-03-05", "2031-13-05T09:10:11Z", "12"] {
+        for text in [
+            "",
+            "yesterday",
+            "2031-03-05",
+            "2031-13-05T09:10:11Z",
+            "12",
+            // Years RFC 3339 text cannot hold, before or after the offset.
+            "+10000-01-01T00:00:00.000000+0000",
+            "-0001-01-01T00:00:00.000000+0000",
+            "9999-12-31T23:00:00.000000-0500",
+        ] {
             assert_eq!(parse(text), None, "{text}");
         }
     }
