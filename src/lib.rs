@@ -23,7 +23,6 @@ use http::AppState;
 use index::{Change, Index};
 use status::Status;
 use std::io::Write;
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::writer::{self, Decode, Writer};
@@ -93,11 +92,6 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         db_path: args.store.db.clone(),
     });
 
-    let listener = TcpListener::bind(args.listen).map_err(|source| ServeError::Listen {
-        addr: args.listen,
-        source,
-    })?;
-    let addr = listener.local_addr()?;
     let server = HttpServer::new(move || {
         let (app, openapi) = App::new()
             .into_utoipa_app()
@@ -118,13 +112,20 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     .client_disconnect_timeout(Duration::from_secs(1))
     .keep_alive(Duration::from_secs(30))
     .max_connections(10_000)
+    // Applies to sockets the server binds itself (not to a listener handed to it).
     .backlog(2048)
-    .listen(listener)?
+    .bind(args.listen)
+    .map_err(|source| ServeError::Listen {
+        addr: args.listen,
+        source,
+    })?
     .shutdown_timeout(args.shutdown_timeout)
     // Our own handler: actix-server's stops gracefully on SIGTERM but drops requests
     // in flight on SIGINT, and cannot wake the change feed's long polls.
-    .disable_signals()
-    .run();
+    .disable_signals();
+    // Port 0 means "any": say which one it was.
+    let addr = server.addrs().first().copied().unwrap_or(args.listen);
+    let server = server.run();
     let server_handle = server.handle();
     let server = actix_web::rt::spawn(server);
     let (stopping, handle) = (status.clone(), server_handle.clone());
