@@ -1,6 +1,7 @@
 //! The deployment files agree with the binary: every `ENTITLED_*` variable that
 //! `entitled serve --help` prints is in deploy/entitled.env.example and the example
-//! names no variable the binary does not know; the systemd unit has its key lines.
+//! names no variable the binary does not know; the systemd unit has its key lines,
+//! and `systemd-analyze verify` (when installed) finds nothing wrong with it.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -136,4 +137,81 @@ fn systemd_unit_has_its_key_lines() {
     let set = names_after(&unit, &["Environment="]);
     let unknown: Vec<_> = set.difference(&help).collect();
     assert!(unknown.is_empty(), "the unit sets unknown {unknown:?}");
+}
+
+/// `systemd-analyze verify FILE`: its complaints, one a line, without the one a
+/// development machine always has (the ExecStart binary is not installed here).
+/// `None` when systemd-analyze is not on PATH.
+fn systemd_verify(unit: &std::path::Path) -> Option<Vec<String>> {
+    let output = match Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(unit)
+        .output()
+    {
+        Ok(output) => output,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => panic!("systemd-analyze verify: {e}"),
+    };
+    let text = std::fs::read_to_string(unit).expect("the unit");
+    let exec = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ExecStart="))
+        .and_then(|cmd| cmd.split_whitespace().next())
+        .expect("an ExecStart= line")
+        .to_owned();
+    let mut missing_binary = false;
+    let mut complaints = Vec::new();
+    for line in String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&output.stderr).lines())
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
+        if line.contains(&format!("Command {exec} is not executable")) {
+            missing_binary = true;
+        } else {
+            complaints.push(line.to_owned());
+        }
+    }
+    if !output.status.success() && !missing_binary && complaints.is_empty() {
+        complaints.push(format!("exit status {} without a word", output.status));
+    }
+    Some(complaints)
+}
+
+#[test]
+fn systemd_analyze_verify_finds_nothing_wrong_with_the_unit() {
+    let unit = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join("entitled.service");
+    let Some(complaints) = systemd_verify(&unit) else {
+        eprintln!(
+            "systemd-analyze is not on PATH: deploy/entitled.service is not verified \
+             (systemd_unit_has_its_key_lines checks its key lines only)"
+        );
+        return;
+    };
+    assert!(
+        complaints.is_empty(),
+        "systemd-analyze verify deploy/entitled.service complains:\n{}",
+        complaints.join("\n")
+    );
+
+    // The check has teeth with this systemd: a copy with a misspelt key and a bad
+    // value is complained about.
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let broken = dir.path().join("entitled.service");
+    let text = deploy_file("entitled.service").replacen(
+        "[Service]\n",
+        "[Service]\nProtectSytem=strict\nRestart=sometimes\n",
+        1,
+    );
+    std::fs::write(&broken, text).expect("a broken copy");
+    let complaints = systemd_verify(&broken).expect("systemd-analyze ran a moment ago");
+    for wanted in ["ProtectSytem", "sometimes"] {
+        assert!(
+            complaints.iter().any(|c| c.contains(wanted)),
+            "systemd-analyze verify did not report `{wanted}` in a broken copy: {complaints:?}"
+        );
+    }
 }

@@ -13,6 +13,7 @@ mod events;
 mod expiry;
 mod helpers;
 mod malformed;
+mod operations;
 mod ordering;
 mod upgrade;
 mod users;
