@@ -6,12 +6,15 @@
 #![recursion_limit = "256"]
 
 mod auth;
+mod changes;
+mod cli;
 mod config;
 mod deploy;
 mod durability;
 mod events;
 mod expiry;
 mod helpers;
+mod history;
 mod malformed;
 mod operations;
 mod ordering;
