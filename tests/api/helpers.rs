@@ -957,3 +957,29 @@ pub fn assert_level_shape(level: &Value) {
         assert!(object[key].is_boolean(), "`{key}` must be a bool: {level}");
     }
 }
+
+// ---- the daemon in a directory the test chose -----------------------------------------
+
+impl Daemon {
+    /// Starts the daemon with its database (`dir/entitled.db`) and its stderr logs
+    /// (`dir/stderr-N.log`) in `dir`, a directory the test made, such as a small
+    /// filesystem it mounted. The caller keeps `dir` alive and cleans it up; the
+    /// daemon only writes there.
+    pub fn start_in(dir: &Path, args: &[&str]) -> Daemon {
+        let unused = tempfile::Builder::new()
+            .prefix("entitled-test-")
+            .tempdir()
+            .expect("a temporary directory");
+        let mut daemon = Daemon {
+            child: None,
+            base: String::new(),
+            dir: dir.to_owned(),
+            _temp: unused,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            starts: 0,
+            client: client(),
+        };
+        daemon.spawn();
+        daemon
+    }
+}
