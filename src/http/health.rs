@@ -57,7 +57,12 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 #[get("/metrics")]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let now = Timestamp::now();
-    let counts = state.index.counts(now);
+    // Counting walks the whole index (a million profiles, tens of milliseconds): on the
+    // blocking pool, not on the worker that answers lookups.
+    let index = state.index.clone();
+    let Ok(counts) = web::block(move || index.counts(now)).await else {
+        return HttpResponse::ServiceUnavailable().finish();
+    };
     let file_size = |suffix: &str| {
         let mut path = state.db_path.clone().into_os_string();
         path.push(suffix);
