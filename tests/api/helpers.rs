@@ -31,23 +31,51 @@ pub struct Daemon {
     dir: PathBuf,
     _temp: tempfile::TempDir,
     args: Vec<String>,
+    /// Environment variables of every start; nothing else `RUST_LOG`- or
+    /// `ENTITLED_`-named is inherited from whoever runs the tests.
+    env: Vec<(String, String)>,
     starts: u32,
     pub client: reqwest::Client,
+}
+
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("entitled-test-")
+        .tempdir()
+        .expect("a temporary directory")
 }
 
 impl Daemon {
     /// Starts the daemon on a new database in a new temporary directory.
     pub fn start(args: &[&str]) -> Daemon {
-        let temp = tempfile::Builder::new()
-            .prefix("entitled-test-")
-            .tempdir()
-            .expect("a temporary directory");
+        Self::start_with_env(args, &[])
+    }
+
+    /// The same, with environment variables set (`RUST_LOG`, `ENTITLED_*`).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let temp = temp_dir();
+        Self::launch(temp.path().to_owned(), temp, args, env)
+    }
+
+    fn launch(
+        dir: PathBuf,
+        temp: tempfile::TempDir,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let owned = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
         let mut daemon = Daemon {
             child: None,
             base: String::new(),
-            dir: temp.path().to_owned(),
+            dir,
             _temp: temp,
             args: args.iter().map(|a| a.to_string()).collect(),
+            env: owned(env),
             starts: 0,
             client: client(),
         };
@@ -79,13 +107,20 @@ impl Daemon {
         self.starts += 1;
         let stderr = std::fs::File::create(self.dir.join(format!("stderr-{}.log", self.starts)))
             .expect("a log file");
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ENTITLED_") {
+                command.env_remove(key);
+            }
+        }
+        let mut child = command
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .arg("--db")
             .arg(self.db())
             .args(&self.args)
             .env_remove("RUST_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -966,20 +1001,6 @@ impl Daemon {
     /// filesystem it mounted. The caller keeps `dir` alive and cleans it up; the
     /// daemon only writes there.
     pub fn start_in(dir: &Path, args: &[&str]) -> Daemon {
-        let unused = tempfile::Builder::new()
-            .prefix("entitled-test-")
-            .tempdir()
-            .expect("a temporary directory");
-        let mut daemon = Daemon {
-            child: None,
-            base: String::new(),
-            dir: dir.to_owned(),
-            _temp: unused,
-            args: args.iter().map(|a| a.to_string()).collect(),
-            starts: 0,
-            client: client(),
-        };
-        daemon.spawn();
-        daemon
+        Self::launch(dir.to_owned(), temp_dir(), args, &[])
     }
 }

@@ -29,11 +29,9 @@
 use crate::helpers::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration as StdDuration, Instant};
 
 // ---- liveness and readiness ---------------------------------------------------------
@@ -831,103 +829,6 @@ async fn openapi_lists_every_served_route_and_every_listed_route_is_served() {
 
 // ---- logs -----------------------------------------------------------------------------
 
-/// `entitled serve` spawned by the test itself, for what the harness does not let a
-/// test set: environment variables (`RUST_LOG`, `ENTITLED_*`). Killed when dropped.
-struct Spawned {
-    child: Option<Child>,
-    base: String,
-    stderr: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Spawned {
-    fn start(args: &[&str], env: &[(&str, &str)]) -> Spawned {
-        let dir = tempfile::Builder::new()
-            .prefix("entitled-ops-")
-            .tempdir()
-            .expect("a temporary directory");
-        let stderr = dir.path().join("stderr.log");
-        let mut command = Command::new(BIN);
-        command
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .arg("--db")
-            .arg(dir.path().join("entitled.db"))
-            .args(args)
-            .env_remove("RUST_LOG")
-            .env_remove("ENTITLED_LOG_FORMAT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).expect("a log file"));
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().expect("the daemon binary starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("entitled listening on ") {
-                    let _ = tx.send(url.trim().to_owned());
-                }
-            }
-        });
-        let mut spawned = Spawned {
-            child: None,
-            base: String::new(),
-            stderr,
-            _dir: dir,
-        };
-        match rx.recv_timeout(StdDuration::from_secs(30)) {
-            Ok(url) => {
-                spawned.base = url;
-                spawned.child = Some(child);
-                spawned
-            }
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("no listening line within 30 s; stderr:\n{}", spawned.logs());
-            }
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// SIGTERM and wait (bounded) for the exit, so every log line is written.
-    fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("a running daemon");
-        send_signal(child.id(), "TERM");
-        let started = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().expect("waitpid") {
-                return status;
-            }
-            if started.elapsed() > StdDuration::from_secs(30) {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("no exit within 30 s of SIGTERM; stderr:\n{}", self.logs());
-            }
-            std::thread::sleep(StdDuration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// The log lines of a harness daemon, without the harness' `--- start N ---` markers.
 fn log_lines(logs: &str) -> Vec<&str> {
     logs.lines()
@@ -1062,7 +963,7 @@ async fn log_format_json_makes_every_stderr_line_a_json_object() {
     assert_json_lines(&daemon.logs(), &id);
 
     // The environment variable.
-    let mut spawned = Spawned::start(&[], &[("ENTITLED_LOG_FORMAT", "json")]);
+    let mut spawned = Daemon::start_with_env(&[], &[("ENTITLED_LOG_FORMAT", "json")]);
     let (status, id) = post_for_id(&spawned.url("/webhooks/adapty"), "not json").await;
     assert_eq!(status, 400);
     let status = spawned.stop();
@@ -1121,7 +1022,7 @@ async fn tokens_bodies_and_emails_never_reach_the_logs_even_at_trace() {
     let read_token = format!("rd-secret-{tag}");
     let marker = format!("BODY-MARKER-{tag}");
     let email = format!("marker.{}@example.com", tag.replace('-', ""));
-    let mut daemon = Spawned::start(
+    let mut daemon = Daemon::start_with_env(
         &[
             "--webhook-token",
             &webhook_token,
