@@ -9,7 +9,7 @@ use crate::helpers::*;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration as StdDuration, Instant};
 
 /// What one run of the binary gave.
@@ -55,15 +55,10 @@ impl Run {
 /// Runs `entitled ARGS --db DB` (with `stdin` fed in), bounded to a minute.
 fn entitled(args: &[&str], db: &Path, stdin: Option<Vec<u8>>) -> Run {
     let what = format!("{} --db {}", args.join(" "), db.display());
-    let mut child = Command::new(BIN)
+    let mut child = crate::helpers::entitled()
         .args(args)
         .arg("--db")
         .arg(db)
-        .env_remove("RUST_LOG")
-        .env_remove("ENTITLED_DB")
-        .env_remove("ENTITLED_PRODUCT_LEVELS")
-        .env_remove("ENTITLED_EVENT_NAMES")
-        .env_remove("ENTITLED_SANDBOX")
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {

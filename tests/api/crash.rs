@@ -17,7 +17,7 @@ use crate::helpers::*;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
@@ -557,7 +557,7 @@ fn cli_answers(
 
 /// Runs the `entitled` binary with `args` (not `serve`) and waits for it.
 fn entitled_cli(args: &[&str]) -> Output {
-    Command::new(BIN)
+    entitled()
         .args(args)
         .env_remove("RUST_LOG")
         .env_remove("ENTITLED_DB")

@@ -622,7 +622,7 @@ fn assert_integrity(daemon: &Daemon) {
 /// fold of the log.
 #[track_caller]
 fn assert_rebuild_matches(db: &Path) {
-    let output = Command::new(BIN)
+    let output = entitled()
         .args(["rebuild", "--check", "--db"])
         .arg(db)
         .env_remove("RUST_LOG")

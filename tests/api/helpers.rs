@@ -16,6 +16,20 @@ use std::time::Instant;
 /// The daemon binary Cargo built for this test run.
 pub const BIN: &str = env!("CARGO_BIN_EXE_entitled");
 
+/// A command for [`BIN`] that inherits no `ENTITLED_*` variable and no `RUST_LOG` from
+/// whoever runs the tests: a token or a map exported in a developer's shell would
+/// change what every test sees.
+pub fn entitled() -> Command {
+    let mut command = Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ENTITLED_") {
+            command.env_remove(key);
+        }
+    }
+    command.env_remove("RUST_LOG");
+    command
+}
+
 /// How long the daemon may take to print its listening line.
 const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a SIGTERM may take to stop it.
@@ -107,19 +121,12 @@ impl Daemon {
         self.starts += 1;
         let stderr = std::fs::File::create(self.dir.join(format!("stderr-{}.log", self.starts)))
             .expect("a log file");
-        let mut command = Command::new(BIN);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("ENTITLED_") {
-                command.env_remove(key);
-            }
-        }
-        let mut child = command
+        let mut child = entitled()
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .arg("--db")
             .arg(self.db())
             .args(&self.args)
-            .env_remove("RUST_LOG")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -388,13 +395,12 @@ pub fn send_signal(pid: u32, signal: &str) {
 /// anyway is killed once it prints its listening line.
 pub fn serve_expecting_failure(args: &[&str]) -> (ExitStatus, String, String) {
     let temp = tempfile::tempdir().expect("a temporary directory");
-    let mut child = Command::new(BIN)
+    let mut child = entitled()
         .arg("serve")
         .args(["--listen", "127.0.0.1:0"])
         .arg("--db")
         .arg(temp.path().join("entitled.db"))
         .args(args)
-        .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

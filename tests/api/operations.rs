@@ -29,7 +29,7 @@
 use crate::helpers::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration as StdDuration, Instant};
@@ -977,7 +977,7 @@ async fn a_start_up_failure_is_a_json_line_too_with_log_format_json() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
     let addr = taken.local_addr().expect("its address").to_string();
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let output = Command::new(BIN)
+    let output = entitled()
         .arg("serve")
         .args(["--listen", &addr, "--log-format", "json", "--db"])
         .arg(dir.path().join("entitled.db"))
