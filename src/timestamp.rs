@@ -69,32 +69,9 @@ impl Timestamp {
         DateTime::from_timestamp_micros(self.0).unwrap_or(DateTime::<Utc>::MIN_UTC)
     }
 
-    /// RFC 3339 in UTC with six fraction digits and `Z`: sortable as text. Written
-    /// digit by digit (chrono's general formatter was a twentieth of a lookup's CPU);
-    /// years outside 0–9999, which need another width, go through chrono.
+    /// RFC 3339 in UTC with six fraction digits and `Z`: sortable as text.
     pub fn to_rfc3339(self) -> String {
-        let t = self.to_datetime();
-        let Ok(year) = u32::try_from(t.year()) else {
-            return t.to_rfc3339_opts(SecondsFormat::Micros, true);
-        };
-        if year > 9999 {
-            return t.to_rfc3339_opts(SecondsFormat::Micros, true);
-        }
-        let mut text = *b"0000-00-00T00:00:00.000000Z";
-        let mut put = |mut n: u32, end: usize, width: usize| {
-            for digit in text[end - width..end].iter_mut().rev() {
-                *digit = b'0' + (n % 10) as u8;
-                n /= 10;
-            }
-        };
-        put(year, 4, 4);
-        put(t.month(), 7, 2);
-        put(t.day(), 10, 2);
-        put(t.hour(), 13, 2);
-        put(t.minute(), 16, 2);
-        put(t.second(), 19, 2);
-        put(t.timestamp_subsec_micros(), 26, 6);
-        String::from_utf8_lossy(&text).into_owned()
+        self.to_string()
     }
 
     pub fn saturating_add_micros(self, micros: i64) -> Self {
@@ -110,8 +87,37 @@ impl From<DateTime<Utc>> for Timestamp {
 }
 
 impl fmt::Display for Timestamp {
+    /// The shape [`Timestamp::to_rfc3339`] names, written digit by digit into a stack
+    /// buffer (chrono's general formatter was a twentieth of a lookup's CPU); years
+    /// outside 0–9999, which need another width, go through chrono.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_rfc3339())
+        let t = self.to_datetime();
+        let year = match u32::try_from(t.year()) {
+            Ok(year) if year <= 9999 => year,
+            _ => return f.write_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true)),
+        };
+        let mut text = *b"0000-00-00T00:00:00.000000Z";
+        let mut put = |mut n: u32, end: usize, width: usize| {
+            for digit in text[end - width..end].iter_mut().rev() {
+                *digit = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        };
+        put(year, 4, 4);
+        put(t.month(), 7, 2);
+        put(t.day(), 10, 2);
+        put(t.hour(), 13, 2);
+        put(t.minute(), 16, 2);
+        put(t.second(), 19, 2);
+        put(t.timestamp_subsec_micros(), 26, 6);
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
+    }
+}
+
+/// As its RFC 3339 text, written straight into the output (no `String` between).
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 

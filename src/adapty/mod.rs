@@ -168,7 +168,7 @@ impl Place {
 /// without being built: parsing into a whole `Value` tree was a third of the CPU an
 /// event cost. A null is the same as a missing key. A known field given twice is
 /// refused as invalid JSON (a tree would silently keep the last one).
-#[derive(Default, Deserialize)]
+#[derive(Deserialize)]
 struct Known<'a> {
     event_type: Option<Value>,
     profile_id: Option<Value>,

@@ -42,8 +42,10 @@ pub struct LevelView {
     /// Grants access at `checked_at`: the event said active, and the clock has not
     /// ended it.
     active: bool,
-    expires_at: Option<String>,
-    starts_at: Option<String>,
+    #[schema(value_type = Option<String>)]
+    expires_at: Option<Timestamp>,
+    #[schema(value_type = Option<String>)]
+    starts_at: Option<Timestamp>,
     will_renew: bool,
     is_lifetime: bool,
     in_grace_period: bool,
@@ -55,7 +57,8 @@ pub struct LevelView {
     #[schema(value_type = Option<String>)]
     environment: Option<Arc<str>>,
     /// `event_datetime` of the newest event folded into the level.
-    updated_at: String,
+    #[schema(value_type = String)]
+    updated_at: Timestamp,
     /// On the users route: the profile this level comes from.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
@@ -69,8 +72,8 @@ impl LevelView {
         let w = &level.window;
         LevelView {
             active: w.grants_at(at),
-            expires_at: w.expires_at.map(Timestamp::to_rfc3339),
-            starts_at: w.starts_at.map(Timestamp::to_rfc3339),
+            expires_at: w.expires_at,
+            starts_at: w.starts_at,
             will_renew: level.will_renew,
             is_lifetime: w.is_lifetime,
             in_grace_period: level.in_grace_period,
@@ -78,7 +81,7 @@ impl LevelView {
             store: level.labels.store.clone(),
             vendor_product_id: level.labels.vendor_product_id.clone(),
             environment: level.labels.environment.clone(),
-            updated_at: level.updated_at.to_rfc3339(),
+            updated_at: level.updated_at,
             profile_id,
             reach: (w.is_lifetime || w.expires_at.is_none(), w.expires_at),
         }
@@ -110,9 +113,12 @@ pub struct ProfileAnswer {
     access_levels: BTreeMap<Arc<str>, LevelView>,
     /// The next instant this answer can change with no new event (an expiry, a grace
     /// end, a `starts_at`); null when nothing is scheduled.
-    valid_until: Option<String>,
-    /// Must stay the last field: the ETag is a hash of the answer before it.
-    checked_at: String,
+    #[schema(value_type = Option<String>)]
+    valid_until: Option<Timestamp>,
+    // Must stay the last field: the ETag is a hash of the answer before it.
+    /// The instant the answer is for: now, or `at`.
+    #[schema(value_type = String)]
+    checked_at: Timestamp,
 }
 
 /// A user's access over every profile that carries the `customer_user_id`.
@@ -124,9 +130,12 @@ pub struct UserAnswer {
     premium: bool,
     #[schema(value_type = BTreeMap<String, LevelView>)]
     access_levels: BTreeMap<Arc<str>, LevelView>,
-    valid_until: Option<String>,
-    /// Must stay the last field: the ETag is a hash of the answer before it.
-    checked_at: String,
+    #[schema(value_type = Option<String>)]
+    valid_until: Option<Timestamp>,
+    // Must stay the last field: the ETag is a hash of the answer before it.
+    /// The instant the answer is for: now, or `at`.
+    #[schema(value_type = String)]
+    checked_at: Timestamp,
 }
 
 fn wanted(level: &LevelAccess, access_level: Option<&str>) -> bool {
@@ -164,8 +173,8 @@ pub fn profile_answer(
         customer_user_id,
         premium: access_levels.values().any(|l| l.active),
         access_levels,
-        valid_until: valid_until.map(Timestamp::to_rfc3339),
-        checked_at: at.to_rfc3339(),
+        valid_until,
+        checked_at: at,
     }
 }
 
@@ -201,8 +210,8 @@ pub fn user_answer(
         profile_ids,
         premium: access_levels.values().any(|l| l.active),
         access_levels,
-        valid_until: valid_until.map(Timestamp::to_rfc3339),
-        checked_at: at.to_rfc3339(),
+        valid_until,
+        checked_at: at,
     }
 }
 
@@ -251,7 +260,7 @@ pub async fn profile(
             profile_answer(&past, &profile_id, level, at)
         }
     };
-    Ok(cacheable(&request, answer.valid_until.as_deref(), &answer))
+    Ok(cacheable(&request, answer.valid_until, &answer))
 }
 
 /// Is this user (your own id, over all their profiles) premium right now (or as of `at`)?
@@ -293,7 +302,7 @@ pub async fn user(
             user_answer(&past, &customer_user_id, profile_ids, level, at)
         }
     };
-    Ok(cacheable(&request, answer.valid_until.as_deref(), &answer))
+    Ok(cacheable(&request, answer.valid_until, &answer))
 }
 
 /// Up to 1,000 profile ids and customer user ids in one request.
@@ -573,15 +582,14 @@ fn etag(body: &[u8]) -> String {
 /// serialized once, for the body and the ETag both.
 fn cacheable(
     request: &HttpRequest,
-    valid_until: Option<&str>,
+    valid_until: Option<Timestamp>,
     answer: &impl Serialize,
 ) -> HttpResponse {
     // Serializing these types cannot fail: every map has string keys.
     let body = serde_json::to_vec(answer).unwrap_or_default();
     let etag = etag(&body);
     let now = Timestamp::now();
-    let until = valid_until.and_then(Timestamp::parse_rfc3339);
-    let max_age = until.map_or(MAX_CACHE_SECONDS, |until| {
+    let max_age = valid_until.map_or(MAX_CACHE_SECONDS, |until| {
         ((until.as_micros() - now.as_micros()) / 1_000_000).clamp(0, MAX_CACHE_SECONDS)
     });
     let matches = request
