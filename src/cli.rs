@@ -40,9 +40,16 @@ pub struct ImportSummary {
     pub failed: u64,
 }
 
+impl ImportSummary {
+    /// Lines refused, whatever the reason.
+    pub fn refused_count(&self) -> u64 {
+        self.refused.values().sum()
+    }
+}
+
 impl fmt::Display for ImportSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let refused: u64 = self.refused.values().sum();
+        let refused = self.refused_count();
         write!(
             f,
             "{} lines: {} stored ({} touching no access level), {} duplicate, {} refused",
@@ -106,7 +113,6 @@ pub fn import(args: ImportArgs) -> Result<ImportSummary, CliError> {
     let mut line = Vec::new();
     // Physical line numbers, blank lines counted, as an editor shows them.
     let mut number = 0u64;
-    let mut named = 0u64;
     loop {
         line.clear();
         let read = reader.read_until(b'\n', &mut line)?;
@@ -136,8 +142,7 @@ pub fn import(args: ImportArgs) -> Result<ImportSummary, CliError> {
         };
         if let Some((code, message)) = refused {
             *summary.refused.entry(code).or_default() += 1;
-            named += 1;
-            if named <= REFUSALS_NAMED {
+            if summary.refused_count() <= REFUSALS_NAMED {
                 progress.suspend(|| eprintln!("line {number}: refused ({code}): {message}"));
             }
         }
@@ -151,10 +156,10 @@ pub fn import(args: ImportArgs) -> Result<ImportSummary, CliError> {
         tally(&mut summary, answer.blocking_recv());
     }
     progress.finish_and_clear();
-    if named > REFUSALS_NAMED {
+    if summary.refused_count() > REFUSALS_NAMED {
         eprintln!(
             "… and {} more refused lines (the summary counts them all)",
-            named - REFUSALS_NAMED
+            summary.refused_count() - REFUSALS_NAMED
         );
     }
     handle.stop_blocking();

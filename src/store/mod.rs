@@ -400,14 +400,19 @@ pub fn profile_count(conn: &Connection) -> Result<usize, StoreError> {
 /// Runs `read` with SQLite reading the file through a memory map, then turns the map
 /// off again: a full scan (warm-up) then costs page faults, not a `pread` a page. Off
 /// for everything else, since an I/O error under a map is a signal, not an error code.
+/// The bundled SQLite maps at most its compile-time limit (2 GiB); past it, pages are
+/// read as usual.
 pub fn with_mmap<T>(
     conn: &Connection,
     read: impl FnOnce() -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
     conn.pragma_update(None, "mmap_size", 1i64 << 40)?;
     let result = read();
-    conn.pragma_update(None, "mmap_size", 0)?;
-    result
+    let unmapped = conn.pragma_update(None, "mmap_size", 0);
+    // The scan's own error, if any, is the one worth reporting.
+    let value = result?;
+    unmapped?;
+    Ok(value)
 }
 
 /// `received_at` of the newest stored event.
