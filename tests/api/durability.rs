@@ -2,9 +2,6 @@
 
 use crate::helpers::*;
 use serde_json::json;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration as StdDuration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_answers_the_same() {
@@ -176,57 +173,15 @@ async fn kill_9_during_concurrent_ingestion_loses_no_acknowledged_event() {
 
     let mut daemon = Daemon::start(&[]);
     let t = now();
-    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(Vec::new()));
-    let count = Arc::new(AtomicUsize::new(0));
-    let enough = Arc::new(tokio::sync::Notify::new());
-    let mut tasks = Vec::new();
-    for task in 0..TASKS {
-        let (client, url) = (client(), daemon.url("/webhooks/adapty"));
-        let (acked, count, enough) = (acked.clone(), count.clone(), enough.clone());
-        tasks.push(tokio::spawn(async move {
-            for n in 0..PER_TASK {
-                let profile = format!("prof-k9-{task}-{n}");
-                let event = subscription_started(&profile)
-                    .user(&format!("k9-user-{task}"))
-                    .at(t - minutes(1))
-                    .expires(t + days(30));
-                let result = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(event.0.to_string())
-                    .send()
-                    .await;
-                let Ok(resp) = result else { break };
-                if resp.status().as_u16() != 200 {
-                    break;
-                }
-                let Ok(body) = resp.json::<serde_json::Value>().await else {
-                    break;
-                };
-                assert_eq!(body["status"], json!("stored"), "{body}");
-                acked
-                    .lock()
-                    .expect("lock")
-                    .push((profile, event.event_id()));
-                if count.fetch_add(1, Ordering::SeqCst) + 1 == KILL_AFTER {
-                    enough.notify_one();
-                }
-            }
-        }));
-    }
-    tokio::time::timeout(StdDuration::from_secs(30), enough.notified())
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "not {KILL_AFTER} acks within 30 s; logs:\n{}",
-                daemon.logs()
-            )
-        });
+    let senders = Senders::until_acked(&daemon, TASKS, PER_TASK, KILL_AFTER, move |task, n| {
+        subscription_started(&format!("prof-k9-{task}-{n}"))
+            .user(&format!("k9-user-{task}"))
+            .at(t - minutes(1))
+            .expires(t + days(30))
+    })
+    .await;
     daemon.crash();
-    for task in tasks {
-        task.await.expect("a sender task");
-    }
-    let acked = acked.lock().expect("lock").clone();
+    let acked = senders.finish().await;
     assert!(acked.len() >= KILL_AFTER, "{} acked", acked.len());
     eprintln!("acknowledged before and around the kill: {}", acked.len());
 

@@ -1010,3 +1010,83 @@ impl Daemon {
         Self::launch(dir.to_owned(), temp_dir(), args, &[])
     }
 }
+
+// ---- concurrent ingestion ------------------------------------------------------------
+
+/// Concurrent webhook senders, for tests that break the daemon while it ingests. Each
+/// posts the events `event(task, n)` one after the other until an answer is not a
+/// 200 (the daemon is gone or stopping) or `per_task` are sent, and records every
+/// acknowledged `(profile_id, profile_event_id)`.
+pub struct Senders {
+    acked: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Senders {
+    /// Starts `tasks` senders and returns once `acks` events are acknowledged (panics,
+    /// with the daemon's logs, if that takes over a minute).
+    pub async fn until_acked(
+        daemon: &Daemon,
+        tasks: usize,
+        per_task: usize,
+        acks: usize,
+        event: impl Fn(usize, usize) -> Ev + Send + Sync + 'static,
+    ) -> Senders {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::{Arc, Mutex};
+        let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let count = Arc::new(AtomicUsize::new(0));
+        let enough = Arc::new(tokio::sync::Notify::new());
+        let event = Arc::new(event);
+        let mut handles = Vec::new();
+        for task in 0..tasks {
+            let (client, url) = (client(), daemon.url("/webhooks/adapty"));
+            let (acked, count, enough, event) =
+                (acked.clone(), count.clone(), enough.clone(), event.clone());
+            handles.push(tokio::spawn(async move {
+                for n in 0..per_task {
+                    let event = event(task, n);
+                    let Ok(resp) = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(event.0.to_string())
+                        .send()
+                        .await
+                    else {
+                        break;
+                    };
+                    if resp.status().as_u16() != 200 {
+                        break;
+                    }
+                    let Ok(body) = resp.json::<Value>().await else {
+                        break;
+                    };
+                    assert_eq!(body["status"], json!("stored"), "{body}");
+                    acked
+                        .lock()
+                        .expect("lock")
+                        .push((event.profile_id(), event.event_id()));
+                    if count.fetch_add(1, Ordering::SeqCst) + 1 == acks {
+                        enough.notify_one();
+                    }
+                }
+            }));
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(60), enough.notified())
+            .await
+            .unwrap_or_else(|_| panic!("not {acks} acks within 60 s; logs:\n{}", daemon.logs()));
+        Senders {
+            acked,
+            tasks: handles,
+        }
+    }
+
+    /// Waits for every sender to stop; what was acknowledged, in order.
+    pub async fn finish(self) -> Vec<(String, String)> {
+        for task in self.tasks {
+            task.await.expect("a sender task");
+        }
+        let acked = self.acked.lock().expect("lock").clone();
+        acked
+    }
+}

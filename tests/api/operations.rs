@@ -30,8 +30,6 @@ use crate::helpers::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration as StdDuration, Instant};
 
 // ---- liveness and readiness ---------------------------------------------------------
@@ -1262,49 +1260,12 @@ async fn signal_during_concurrent_ingestion(signal: &str) {
     let mut daemon = Daemon::start(&[]);
     let t = now();
     let tag = uuid();
-    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let count = Arc::new(AtomicUsize::new(0));
-    let enough = Arc::new(tokio::sync::Notify::new());
-    let mut tasks = Vec::new();
-    for task in 0..TASKS {
-        let (client, url) = (client(), daemon.url("/webhooks/adapty"));
-        let (acked, count, enough, tag) =
-            (acked.clone(), count.clone(), enough.clone(), tag.clone());
-        tasks.push(tokio::spawn(async move {
-            for n in 0..100_000 {
-                let profile = format!("prof-sig-{tag}-{task}-{n}");
-                let event = subscription_started(&profile)
-                    .at(t - minutes(1))
-                    .expires(t + days(30));
-                let Ok(resp) = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(event.0.to_string())
-                    .send()
-                    .await
-                else {
-                    break;
-                };
-                if !resp.status().is_success() {
-                    break;
-                }
-                let Ok(body) = resp.json::<Value>().await else {
-                    break;
-                };
-                assert_eq!(body["status"], json!("stored"), "{body}");
-                acked
-                    .lock()
-                    .expect("lock")
-                    .push((profile, event.event_id()));
-                if count.fetch_add(1, Ordering::SeqCst) + 1 == SIGNAL_AFTER {
-                    enough.notify_one();
-                }
-            }
-        }));
-    }
-    tokio::time::timeout(StdDuration::from_secs(60), enough.notified())
-        .await
-        .unwrap_or_else(|_| panic!("not {SIGNAL_AFTER} acks within 60 s:\n{}", daemon.logs()));
+    let senders = Senders::until_acked(&daemon, TASKS, 100_000, SIGNAL_AFTER, move |task, n| {
+        subscription_started(&format!("prof-sig-{tag}-{task}-{n}"))
+            .at(t - minutes(1))
+            .expires(t + days(30))
+    })
+    .await;
 
     let pid = daemon.pid();
     let signalled = Instant::now();
@@ -1330,10 +1291,7 @@ async fn signal_during_concurrent_ingestion(signal: &str) {
         "SIG{signal} ended the daemon with {status}; logs:\n{}",
         daemon.logs()
     );
-    for task in tasks {
-        task.await.expect("a sender task");
-    }
-    let acked = acked.lock().expect("lock").clone();
+    let acked = senders.finish().await;
     assert!(acked.len() >= SIGNAL_AFTER, "{} acked", acked.len());
     eprintln!("SIG{signal}: {} events acknowledged", acked.len());
 
