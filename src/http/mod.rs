@@ -3,6 +3,7 @@
 //! answers for what actix would otherwise answer in plain text.
 
 pub mod access;
+mod access_body;
 pub mod auth;
 pub mod changes;
 pub mod error;
@@ -134,7 +135,7 @@ pub async fn observe(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let method = request.method().to_string();
+    let method = request.method().clone();
     let request_id = request.extensions().get::<RequestId>().copied();
     let mut response = next.call(request).await?;
     let route = response
@@ -142,8 +143,8 @@ pub async fn observe(
         .match_pattern()
         .unwrap_or_else(|| "unmatched".into());
     telemetry::http_request(
-        route,
-        method,
+        &route,
+        method.as_str(),
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
