@@ -71,7 +71,7 @@ pub struct LevelView {
 
 impl LevelView {
     fn new(level: &LevelAccess, at: Timestamp, profile_id: Option<Arc<str>>) -> Self {
-        let w = &level.window;
+        let w = level.window();
         LevelView {
             active: w.grants_at(at),
             expires_at: w.expires_at,
@@ -93,7 +93,7 @@ impl LevelView {
 /// The next instant at which a level's answer changes with no new event: its expiry
 /// while it grants, its start while it waits for one.
 pub(super) fn next_change(level: &LevelAccess, at: Timestamp) -> Option<Timestamp> {
-    let w = &level.window;
+    let w = level.window();
     if w.grants_at(at) {
         w.expires_at.filter(|_| !w.is_lifetime)
     } else if w.is_active {

@@ -33,7 +33,10 @@ pub fn write_profile(
     out.extend_from_slice(b",\"customer_user_id\":");
     optional_string(out, known.and_then(|p| p.customer_user_id.as_deref()));
     out.extend_from_slice(b",\"premium\":");
-    let premium = levels.iter().filter(wanted).any(|l| l.window.grants_at(at));
+    let premium = levels
+        .iter()
+        .filter(wanted)
+        .any(|l| l.window().grants_at(at));
     boolean(out, premium);
     out.extend_from_slice(b",\"access_levels\":{");
     let mut valid_until: Option<Timestamp> = None;
@@ -62,7 +65,7 @@ pub fn close(out: &mut Vec<u8>, checked_at: Timestamp) {
 }
 
 fn write_level(out: &mut Vec<u8>, level: &LevelAccess, at: Timestamp) {
-    let w = &level.window;
+    let w = level.window();
     out.extend_from_slice(b"{\"active\":");
     boolean(out, w.grants_at(at));
     out.extend_from_slice(b",\"expires_at\":");
