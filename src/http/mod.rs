@@ -148,7 +148,10 @@ pub async fn observe(
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
-    if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(&id.to_string()).ok()) {
+    // Written into a stack buffer: `to_string()` was an allocation a request.
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = request_id.map(|id| &*id.hyphenated().encode_lower(&mut text));
+    if let Some(id) = id.and_then(|id| HeaderValue::from_str(id).ok()) {
         response
             .headers_mut()
             .insert(HeaderName::from_static("x-request-id"), id);
