@@ -263,24 +263,18 @@ pub async fn profile(
     let level = query.access_level.as_deref();
     // Written straight from the index entry (access_body.rs): the same bytes as
     // serializing `profile_answer(…)`, at a fraction of the cost.
-    let mut body = Vec::with_capacity(1024);
-    let (valid_until, checked_at) = match parse_at(&query)? {
-        None => {
-            let now = Timestamp::now();
-            let valid_until = state.index.with_profile(&profile_id, |known| {
-                access_body::write_profile(&mut body, &profile_id, known, level, now)
-            });
-            (valid_until, now)
-        }
+    let past: Index;
+    let (index, checked_at) = match parse_at(&query)? {
+        None => (&*state.index, Timestamp::now()),
         Some(at) => {
-            let ids = vec![profile_id.clone()];
-            let past = as_of(&state, ids, at).await?;
-            let valid_until = past.with_profile(&profile_id, |known| {
-                access_body::write_profile(&mut body, &profile_id, known, level, at)
-            });
-            (valid_until, at)
+            past = as_of(&state, vec![profile_id.clone()], at).await?;
+            (&past, at)
         }
     };
+    let mut body = Vec::with_capacity(1024);
+    let valid_until = index.with_profile(&profile_id, |known| {
+        access_body::write_profile(&mut body, &profile_id, known, level, checked_at)
+    });
     let head = body.len();
     access_body::close(&mut body, checked_at);
     Ok(cacheable(&request, valid_until, body, head))
