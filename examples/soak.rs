@@ -53,67 +53,44 @@ const NS: u64 = 7;
 /// A request not answered within this is counted as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The flags (`--help` prints them; the table above says the same).
+#[derive(clap::Parser)]
+#[command(
+    name = "soak",
+    about = "The release daemon under steady mixed load for a long time: does anything drift, and is every acknowledged event in the file?"
+)]
 struct Args {
+    /// How long the load runs (fractions allowed).
+    #[arg(long, default_value_t = 10.0, value_parser = finite_positive)]
     minutes: f64,
+    /// Seconds between report rows.
+    #[arg(long, default_value_t = 30, value_parser = procs::positive::<u64>)]
     report_every: u64,
+    /// Webhooks per second, paced (open loop).
+    #[arg(long, default_value_t = 200.0, value_parser = finite_positive)]
     ingest_rate: f64,
+    /// Lookups per second, paced (open loop).
+    #[arg(long, default_value_t = 1000.0, value_parser = finite_positive)]
     lookup_rate: f64,
+    /// Percent of webhooks that resend an event already sent.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=100))]
     duplicates: u64,
+    /// Client connections of each stream (ingest, lookups).
+    #[arg(long, default_value_t = 16, value_parser = procs::positive::<usize>)]
     connections: usize,
+    /// The daemon binary [default: `cargo build --release --bin entitled`].
+    #[arg(long)]
     bin: Option<PathBuf>,
+    /// Keep the temporary directory (database, daemon log).
+    #[arg(long)]
     keep: bool,
 }
 
-fn parse_args() -> std::result::Result<Args, String> {
-    let mut args = Args {
-        minutes: 10.0,
-        report_every: 30,
-        ingest_rate: 200.0,
-        lookup_rate: 1000.0,
-        duplicates: 5,
-        connections: 16,
-        bin: None,
-        keep: false,
-    };
-    let mut raw: Vec<String> = std::env::args().skip(1).collect();
-    raw.reverse();
-    let number = |flag: &str, value: Option<String>| -> std::result::Result<f64, String> {
-        let value = value.ok_or(format!("{flag} needs a value"))?;
-        match value.replace('_', "").parse::<f64>() {
-            Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
-            _ => Err(format!("{flag} {value:?}: expected a positive number")),
-        }
-    };
-    while let Some(flag) = raw.pop() {
-        match flag.as_str() {
-            "--minutes" => args.minutes = number(&flag, raw.pop())?,
-            "--report-every" => args.report_every = number(&flag, raw.pop())?.ceil() as u64,
-            "--ingest-rate" => args.ingest_rate = number(&flag, raw.pop())?,
-            "--lookup-rate" => args.lookup_rate = number(&flag, raw.pop())?,
-            "--duplicates" => {
-                let value = raw.pop().ok_or("--duplicates needs a value")?;
-                args.duplicates = value
-                    .parse()
-                    .ok()
-                    .filter(|p| *p <= 100)
-                    .ok_or(format!("--duplicates {value:?}: expected 0 to 100"))?;
-            }
-            "--connections" => args.connections = number(&flag, raw.pop())?.ceil() as usize,
-            "--bin" => args.bin = Some(PathBuf::from(raw.pop().ok_or("--bin needs a path")?)),
-            "--keep" => args.keep = true,
-            "-h" | "--help" => {
-                let usage: Vec<&str> = include_str!("soak.rs")
-                    .lines()
-                    .take_while(|l| l.starts_with("//!"))
-                    .map(|l| l.trim_start_matches("//!").trim_start())
-                    .collect();
-                println!("{}", usage.join("\n"));
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown flag {other} (see --help)")),
-        }
-    }
-    Ok(args)
+fn finite_positive(text: &str) -> std::result::Result<f64, String> {
+    procs::positive::<f64>(text)
+        .ok()
+        .filter(|n| n.is_finite())
+        .ok_or_else(|| format!("{text:?} is not a positive number"))
 }
 
 fn main() -> std::process::ExitCode {
@@ -410,7 +387,7 @@ fn describe(name: &str, t: &Tally) -> String {
 }
 
 fn run() -> Result<bool> {
-    let args = parse_args()?;
+    let args = <Args as clap::Parser>::parse();
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let bin = match &args.bin {
         Some(bin) => bin.clone(),

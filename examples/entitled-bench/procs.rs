@@ -69,6 +69,19 @@ impl Pinning {
     }
 }
 
+/// A flag's value that must be a positive number; `_` may group digits (`1_000_000`).
+/// The `value_parser` of the bench's and the soak's clap flags.
+pub fn positive<T>(text: &str) -> std::result::Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + Default,
+{
+    text.replace('_', "")
+        .parse::<T>()
+        .ok()
+        .filter(|n| *n > T::default())
+        .ok_or_else(|| format!("{text:?} is not a positive number"))
+}
+
 /// Runs `cargo build --release --bin entitled` in the repository and returns the
 /// binary's path.
 pub fn build_daemon(repo: &Path) -> Result<PathBuf> {
