@@ -16,6 +16,7 @@
 //! | `--connections N` | 64 | client connections of the ingest and lookup phases |
 //! | `--mixed-ingest-rate R` | 1000 | events/s ingested during the mixed phase |
 //! | `--no-pin` | pinning on | do not `taskset` the daemon to core 0 and the client to core 1 |
+//! | `--only-ingest` | off | only the ingest phase and its two baselines; no report |
 //! | `--out FILE` | `BENCHMARKS.md` (full run) | where to write the report; quick runs write none unless given |
 //!
 //! What it does, in order: builds `target/release/entitled`; ingest (64 clients POST
@@ -56,6 +57,7 @@ struct Args {
     connections: usize,
     mixed_rate: f64,
     pin: bool,
+    only_ingest: bool,
     out: Option<PathBuf>,
 }
 
@@ -86,6 +88,10 @@ struct Flags {
     /// Do not `taskset` the daemon to core 0 and the client to core 1.
     #[arg(long)]
     no_pin: bool,
+    /// Run only the ingest phase and its two SQLite baselines (no 1M-profile database),
+    /// print their figures and write no report: for working on the write path.
+    #[arg(long)]
+    only_ingest: bool,
     /// Where to write the report [default: BENCHMARKS.md; --quick: none].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -103,9 +109,10 @@ fn parse_args(repo: &Path) -> Args {
         connections: flags.connections,
         mixed_rate: flags.mixed_ingest_rate,
         pin: !flags.no_pin,
+        only_ingest: flags.only_ingest,
         out: flags
             .out
-            .or_else(|| (!quick).then(|| repo.join("BENCHMARKS.md"))),
+            .or_else(|| (!quick && !flags.only_ingest).then(|| repo.join("BENCHMARKS.md"))),
     }
 }
 
@@ -150,27 +157,32 @@ fn run() -> Result<()> {
     std::fs::create_dir_all(&data_dir)?;
 
     // Build (or reuse) the big database first, on both cores.
-    eprintln!(
-        "database: {} profiles, {} events (cached in {})",
-        args.profiles,
-        args.profiles * gen::EVENTS_PER_PROFILE,
-        data_dir.display()
-    );
-    let started = Instant::now();
-    let (big_db, reused) = storage::ensure_dataset(&bin, &data_dir, args.profiles)?;
-    report.dataset = format!(
-        "{} profiles / {} events, {} ({:.0} s), {:.1} GB",
-        args.profiles,
-        args.profiles * gen::EVENTS_PER_PROFILE,
-        if reused {
-            "reused from the cache"
-        } else {
-            "generated"
-        },
-        started.elapsed().as_secs_f64(),
-        std::fs::metadata(&big_db)?.len() as f64 / 1e9
-    );
-    eprintln!("database: {}", report.dataset);
+    let big_db = if args.only_ingest {
+        None
+    } else {
+        eprintln!(
+            "database: {} profiles, {} events (cached in {})",
+            args.profiles,
+            args.profiles * gen::EVENTS_PER_PROFILE,
+            data_dir.display()
+        );
+        let started = Instant::now();
+        let (big_db, reused) = storage::ensure_dataset(&bin, &data_dir, args.profiles)?;
+        report.dataset = format!(
+            "{} profiles / {} events, {} ({:.0} s), {:.1} GB",
+            args.profiles,
+            args.profiles * gen::EVENTS_PER_PROFILE,
+            if reused {
+                "reused from the cache"
+            } else {
+                "generated"
+            },
+            started.elapsed().as_secs_f64(),
+            std::fs::metadata(&big_db)?.len() as f64 / 1e9
+        );
+        eprintln!("database: {}", report.dataset);
+        Some(big_db)
+    };
 
     let (pin, pinning) = Pinning::apply(args.pin);
     report.pinning = pinning;
@@ -247,6 +259,21 @@ fn run() -> Result<()> {
         per_event_rate,
         per_event_rows,
     );
+
+    let Some(big_db) = big_db else {
+        println!(
+            "ingest {:.0} events/s, p50 {:.3} ms, p99 {:.3} ms, daemon CPU {:.2}; \
+             storage ceiling {ceiling_rate:.0} rows/s ({:.2}); commit per event \
+             {per_event_rate:.0} rows/s ({:.1}x)",
+            ingest_stats.rate(),
+            ingest_stats.ms(0.50),
+            ingest_stats.ms(0.99),
+            ingest_stats.server_cpu,
+            ingest_stats.rate() / ceiling_rate,
+            ingest_stats.rate() / per_event_rate,
+        );
+        return Ok(());
+    };
 
     // ---- 4. Start-up and memory -------------------------------------------------
     // Start-up and the mixed phase measure entitled with its file in the OS page cache,
