@@ -146,10 +146,7 @@ impl Writer {
     pub fn start(self, queue: Queue) -> std::io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
             .name("entitled-writer".into())
-            .spawn(move || {
-                yield_to_readers();
-                self.run(queue.0)
-            })
+            .spawn(move || self.run(queue.0))
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
@@ -290,26 +287,6 @@ impl Writer {
                     let _ = command.reply.send(Err(error.clone()));
                 }
             }
-        }
-    }
-}
-
-/// The writer thread's nice value: below the HTTP workers (0), so that where they share
-/// a core, a lookup that arrives while a batch is being written runs first instead of
-/// queueing behind the commit. Raising a thread's nice needs no privilege. Under a load
-/// that keeps every core busy with lookups, the writer still gets its weight's share
-/// (nice 10 weighs 110 against a worker's 1024: ~5 % of a core beside two busy
-/// workers, a few hundred events a second), and webhooks wait longer for their answer;
-/// Adapty retries one that times out, and the retry is a duplicate.
-const WRITER_NICE: i32 = 10;
-
-/// Lowers the calling thread's priority to [`WRITER_NICE`] (Linux: nice is per thread).
-fn yield_to_readers() {
-    #[cfg(target_os = "linux")]
-    {
-        let tid = rustix::thread::gettid();
-        if let Err(error) = rustix::process::setpriority_process(Some(tid), WRITER_NICE) {
-            tracing::warn!(%error, "cannot lower the writer's priority");
         }
     }
 }

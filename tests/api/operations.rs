@@ -51,54 +51,6 @@ async fn healthz_and_readyz_answer_200_while_serving() {
     daemon.get("/readyz").await.expect(200);
 }
 
-/// The nice value of each of `pid`'s threads, by thread name (`/proc/<pid>/task/*/stat`).
-#[cfg(target_os = "linux")]
-fn thread_nice(pid: u32) -> Vec<(String, i64)> {
-    let mut threads = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
-            continue; // the thread ended meanwhile
-        };
-        // `tid (name) state ppid …`: the name may hold spaces, so split after the last ')'.
-        let (head, rest) = stat.rsplit_once(')').unwrap();
-        let name = head.split_once('(').unwrap().1.to_owned();
-        // After the name: state is field 3 of stat(5), nice is field 19.
-        let nice = rest
-            .split_whitespace()
-            .nth(19 - 3)
-            .unwrap()
-            .parse()
-            .unwrap();
-        threads.push((name, nice));
-    }
-    threads
-}
-
-/// The writer runs below the HTTP workers, so a lookup sharing a core with a commit
-/// runs first (BENCHMARKS.md, the mixed phase).
-#[cfg(target_os = "linux")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_writer_thread_runs_at_nice_10_and_the_http_workers_at_0() {
-    let daemon = Daemon::start(&[]);
-    daemon
-        .store(&subscription_started("prof-ops-nice").expires(now() + days(30)))
-        .await;
-    let threads = thread_nice(daemon.pid());
-    let nice_of = |prefix: &str| -> Vec<i64> {
-        threads
-            .iter()
-            .filter(|(name, _)| name.starts_with(prefix))
-            .map(|(_, nice)| *nice)
-            .collect()
-    };
-    assert_eq!(nice_of("entitled-writer"), [10], "{threads:?}");
-    let workers = nice_of("actix-rt|system");
-    assert!(!workers.is_empty(), "{threads:?}");
-    assert!(workers.iter().all(|n| *n == 0), "{threads:?}");
-    // Still answering lookups, and the writer still commits.
-    assert!(daemon.active("prof-ops-nice", "premium").await);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_database_makes_readyz_503_with_a_reason_until_an_event_commits() {
     let daemon = Daemon::start(&[]);
