@@ -147,7 +147,7 @@ pub struct UserAnswer {
     checked_at: Timestamp,
 }
 
-fn wanted(level: &LevelAccess, access_level: Option<&str>) -> bool {
+pub(super) fn wanted(level: &LevelAccess, access_level: Option<&str>) -> bool {
     access_level.is_none_or(|wanted| **level.access_level_id() == *wanted)
 }
 
@@ -224,7 +224,7 @@ pub fn user_answer(
     }
 }
 
-fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+pub(super) fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),

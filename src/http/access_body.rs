@@ -12,7 +12,7 @@
 //! without when it was asked: [`write_profile`] stops before `checked_at`, the caller
 //! hashes that, then [`close`] appends `,"checked_at":"…"}`.
 
-use super::access::next_change;
+use super::access::{earliest, next_change, wanted};
 use crate::index::{LevelAccess, ProfileAccess};
 use crate::timestamp::Timestamp;
 
@@ -26,8 +26,7 @@ pub fn write_profile(
     at: Timestamp,
 ) -> Option<Timestamp> {
     let levels = known.map_or(&[][..], |p| &p.levels[..]);
-    let wanted =
-        |level: &&LevelAccess| access_level.is_none_or(|w| **level.access_level_id() == *w);
+    let wanted = |level: &&LevelAccess| wanted(level, access_level);
     out.extend_from_slice(b"{\"profile_id\":");
     string(out, profile_id);
     out.extend_from_slice(b",\"customer_user_id\":");
@@ -48,9 +47,7 @@ pub fn write_profile(
         string(out, level.access_level_id());
         out.push(b':');
         write_level(out, level, at);
-        if let Some(change) = next_change(level, at) {
-            valid_until = Some(valid_until.map_or(change, |v| v.min(change)));
-        }
+        valid_until = earliest(valid_until, next_change(level, at));
     }
     out.extend_from_slice(b"},\"valid_until\":");
     optional_instant(out, valid_until);
