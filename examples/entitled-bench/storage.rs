@@ -6,10 +6,12 @@ use crate::gen::{self, GenEvent, EVENTS_PER_PROFILE};
 use crate::procs::{self, Pinning, Result};
 use entitled::adapty::{self, EventNames, Webhook};
 use entitled::config::Synchronous;
-use entitled::projection::{self, Rules};
+use entitled::projection::{self, Event, Rules};
 use entitled::timestamp::Timestamp;
 use rusqlite::{params, Connection};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Bump when the generator or the schema changes: the cache key of the database.
@@ -236,18 +238,28 @@ fn insert_profile(conn: &Connection, rows: &ProfileRows, now: Timestamp) -> Resu
 }
 
 /// The rows of the ingest stream, for the storage baselines: unique events of the
-/// ingest namespace with ~10 % re-sent, as the load client sends them.
+/// ingest namespace with ~10 % re-sent, as the load client sends them, each with the
+/// rows the daemon writes when it stores it.
 pub struct Row {
     event: GenEvent,
     body: String,
+    /// The row the daemon adds to `access_changes` when it stores this event (the first
+    /// time it comes): the event's access level now granted (`true`) or no longer.
+    flip: Option<bool>,
 }
 
 pub fn ingest_rows(namespace: u64, count: usize, seed: u64) -> Vec<Row> {
+    let rules = Rules::default();
+    let now = Timestamp::now();
     let mut rng = gen::Rng::new(seed);
     let mut unique = 0u64;
+    // Per profile: its events so far; per (profile, level): what the feed last said.
+    let mut logs: HashMap<String, Vec<Event>> = HashMap::new();
+    let mut reported: HashMap<(String, Arc<str>), bool> = HashMap::new();
     (0..count)
         .map(|_| {
-            let i = if unique > 0 && rng.percent(10) {
+            let resent = unique > 0 && rng.percent(10);
+            let i = if resent {
                 rng.below(unique)
             } else {
                 unique += 1;
@@ -255,9 +267,39 @@ pub fn ingest_rows(namespace: u64, count: usize, seed: u64) -> Vec<Row> {
             };
             let event = gen::event(namespace, i);
             let body = gen::body(&event);
-            Row { event, body }
+            let flip = if resent {
+                None
+            } else {
+                flip(&event, &rules, now, &mut logs, &mut reported)
+            };
+            Row { event, body, flip }
         })
         .collect()
+}
+
+/// Folds `event` into its profile's log with entitled's own projection, as the daemon
+/// does, and says whether its access level's access flipped.
+fn flip(
+    event: &GenEvent,
+    rules: &Rules,
+    now: Timestamp,
+    logs: &mut HashMap<String, Vec<Event>>,
+    reported: &mut HashMap<(String, Arc<str>), bool>,
+) -> Option<bool> {
+    let parsed = gen::to_event(event);
+    let level = rules.level_of(&parsed)?;
+    let log = logs.entry(event.profile_id.clone()).or_default();
+    log.push(parsed);
+    let active = projection::project(log.iter(), rules)
+        .into_iter()
+        .any(|((_, l), e)| l == level && e.window.grants_at(now));
+    let said = reported
+        .entry((event.profile_id.clone(), level))
+        .or_insert(false);
+    (active != *said).then(|| {
+        *said = active;
+        active
+    })
 }
 
 fn insert_row(conn: &Connection, row: &Row) -> Result<()> {
@@ -283,6 +325,20 @@ fn insert_row(conn: &Connection, row: &Row) -> Result<()> {
         return Ok(());
     }
     conn.prepare_cached(
+        "INSERT INTO profiles (profile_id, customer_user_id, customer_user_id_at, \
+         customer_user_id_event) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (profile_id) DO UPDATE SET customer_user_id = excluded.customer_user_id, \
+           customer_user_id_at = excluded.customer_user_id_at, \
+           customer_user_id_event = excluded.customer_user_id_event \
+         WHERE excluded.customer_user_id IS NOT NULL",
+    )?
+    .execute(params![
+        e.profile_id,
+        e.customer_user_id,
+        e.customer_user_id.as_ref().map(|_| text(e.at)),
+        e.customer_user_id.as_ref().map(|_| &e.profile_event_id),
+    ])?;
+    conn.prepare_cached(
         "INSERT INTO entitlements (profile_id, access_level_id, is_active, expires_at, starts_at, \
          will_renew, is_lifetime, in_grace_period, is_refund, store, vendor_product_id, environment, \
          last_event_id, last_event_type, last_event_at, reported_active) \
@@ -304,6 +360,21 @@ fn insert_row(conn: &Connection, row: &Row) -> Result<()> {
         e.kind.name(),
         text(e.at),
     ])?;
+    if let Some(active) = row.flip {
+        conn.prepare_cached(
+            "INSERT INTO access_changes (profile_id, access_level_id, active, reason, \
+             profile_event_id, expires_at, changed_at) \
+             VALUES (?1, 'premium', ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            e.profile_id,
+            active,
+            e.kind.name(),
+            e.profile_event_id,
+            e.subscription_expires_at.map(text),
+            Timestamp::now().to_rfc3339(),
+        ])?;
+    }
     Ok(())
 }
 
