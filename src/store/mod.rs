@@ -1,6 +1,7 @@
 //! SQLite: the schema, the pragmas, and the rows of `entitlements` and `profiles`.
 //! One writer thread ([`writer`]) owns the write connection; nothing else writes.
 
+pub mod checkpoint;
 pub mod history;
 pub mod rebuild;
 pub mod writer;

@@ -7,6 +7,7 @@
 //! and answers. So an answer always means "committed", and the index only ever holds
 //! committed state.
 
+use super::checkpoint::{Checkpointer, Thresholds};
 use super::{record_change, ChangeReason, StoreError};
 use crate::adapty::ReceivedEvent;
 use crate::index::{Change, Index};
@@ -150,6 +151,11 @@ impl Writer {
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut checkpointer = Checkpointer::start(&mut self.conn, Thresholds::default())
+            .inspect_err(|error| {
+                tracing::warn!(%error, "checkpoints stay in the writer's commits");
+            })
+            .ok();
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut stopping = false;
         while let Some(first) = rx.blocking_recv() {
@@ -175,6 +181,9 @@ impl Writer {
             if stopping && rx.is_empty() {
                 break;
             }
+        }
+        if let Some(checkpointer) = &mut checkpointer {
+            checkpointer.stop();
         }
         // Fold the WAL into the main file so a copy of entitled.db alone is complete.
         // A reader (a backup, Litestream) can hold it back; that loses nothing.

@@ -1,0 +1,247 @@
+//! Checkpoints off the writer's path.
+//!
+//! SQLite's own auto-checkpoint runs inside the `COMMIT` that pushed the WAL past
+//! 1000 pages: it copies those pages into the main file and `fsync`s both files, and
+//! every event of that batch (and every handler waiting for the next one) waits for
+//! it. Here a thread of its own does that copying, on its own connection, while the
+//! writer goes on committing.
+//!
+//! A checkpoint that runs beside the writer rarely catches up with it completely, and
+//! SQLite only starts the WAL over from its beginning when a write transaction starts
+//! on a fully copied WAL. So the writer keeps a last word: once the WAL holds
+//! [`Thresholds::restart`] pages, its commit copies what the thread has not copied yet
+//! (a few pages), and the next transaction starts the WAL over. Without that the WAL
+//! grows for as long as events come, and every page of a growing file costs the
+//! kernel a fresh page to zero (measured: a quarter of the writer's time).
+//!
+//! Nothing here decides durability: every commit is in the WAL, and synced, before it
+//! is acknowledged; a checkpoint only moves committed pages to the main file. A failed
+//! or skipped checkpoint loses nothing.
+
+use super::StoreError;
+use crate::config::Synchronous;
+use rusqlite::wal::CheckpointMode;
+use rusqlite::Connection;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+/// When to copy the WAL into the main file, in WAL pages (frames).
+#[derive(Clone, Copy, Debug)]
+pub struct Thresholds {
+    /// The thread copies once this many pages wait (SQLite's own default: 1000).
+    pub step: u32,
+    /// The writer finishes the copy itself at this WAL length, so the WAL starts over.
+    pub restart: u32,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            step: 1000,
+            restart: 4000,
+        }
+    }
+}
+
+/// What the writer's commits tell the thread: the WAL's length in pages after the
+/// newest commit, or that the writer has stopped.
+#[derive(Default)]
+struct Shared {
+    state: Mutex<(u32, bool)>,
+    wake: Condvar,
+}
+
+/// The checkpoint thread; stops and is joined on [`Checkpointer::stop`] (or drop).
+pub struct Checkpointer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Starts the thread on a connection of its own to the writer's file, then installs
+    /// the WAL hook on the writer's connection (it replaces SQLite's auto-checkpoint
+    /// there).
+    pub fn start(
+        writer: &mut Connection,
+        thresholds: Thresholds,
+    ) -> Result<Checkpointer, StoreError> {
+        let path = writer
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(Path::new)
+            .ok_or_else(|| StoreError::Corrupt("the writer's database has no file".into()))?;
+        // The thread's connection does the copying, so its `synchronous` decides the
+        // syncs around a copy (the WAL before, the main file after): the writer's.
+        let synchronous: i64 = writer.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+        let conn = super::open(path, Synchronous::Full)?;
+        conn.pragma_update(None, "synchronous", synchronous)?;
+        let shared = Arc::new(Shared::default());
+        let ours = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("entitled-checkpoint".into())
+            .spawn(move || run(&conn, &ours, thresholds))
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the checkpoint thread: {e}")))?;
+        let checkpointer = Checkpointer {
+            shared: shared.clone(),
+            thread: Some(thread),
+        };
+        writer.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, frames| {
+            let frames = u32::try_from(frames).unwrap_or(0);
+            shared
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .0 = frames;
+            shared.wake.notify_one();
+            if frames >= thresholds.restart {
+                // Busy when the thread is copying right now: the next commit tries again.
+                if let Err(error) = wal.checkpoint_v2(CheckpointMode::PASSIVE) {
+                    tracing::debug!(%error, "writer's checkpoint skipped");
+                }
+            }
+            Ok(())
+        }))?;
+        Ok(checkpointer)
+    }
+
+    /// Stops the thread after the copy in progress, if any, and waits for it.
+    pub fn stop(&mut self) {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1 = true;
+        self.shared.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(conn: &Connection, shared: &Shared, thresholds: Thresholds) {
+    // How far into the WAL the last copy went.
+    let mut copied = 0u32;
+    loop {
+        let frames = {
+            let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+            loop {
+                let (frames, stopped) = *state;
+                if stopped {
+                    return;
+                }
+                if frames < copied {
+                    // The WAL started over.
+                    copied = 0;
+                }
+                // Past the restart threshold the copy is the writer's: a copy here would
+                // hold the checkpoint lock and make the writer's fail (busy), over and
+                // over, while the WAL grows.
+                if frames - copied >= thresholds.step && frames < thresholds.restart {
+                    break frames;
+                }
+                state = shared
+                    .wake
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+        };
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        }) {
+            Ok((_, done)) => copied = u32::try_from(done).unwrap_or(frames),
+            Err(error) => {
+                // Busy (the writer's own copy), or a transient I/O error: the pages stay
+                // in the WAL, nothing is lost; try again at the next step.
+                tracing::debug!(%error, "checkpoint skipped");
+                copied = frames;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wal_len(path: &Path) -> u64 {
+        std::fs::metadata(path.with_extension("db-wal")).map_or(0, |m| m.len())
+    }
+
+    /// Commits `n` transactions of a few new pages each through `conn`.
+    fn commit_pages(conn: &Connection, n: usize) {
+        for i in 0..n {
+            conn.execute(
+                "INSERT INTO access_changes (profile_id, access_level_id, active, reason, changed_at) \
+                 VALUES (?1, 'premium', 1, 'rebuild', '2031-01-01T00:00:00.000000Z')",
+                [format!("{i:0>3000}")],
+            )
+            .unwrap();
+        }
+    }
+
+    /// The thread copies the WAL into the main file while the writer keeps committing,
+    /// with no copy of the writer's own (its restart threshold is never reached).
+    #[test]
+    fn the_thread_copies_the_wal_into_the_main_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.db");
+        let mut writer = super::super::open(&path, Synchronous::Normal).unwrap();
+        let main_before = std::fs::metadata(&path).unwrap().len();
+        let thresholds = Thresholds {
+            step: 20,
+            restart: u32::MAX,
+        };
+        let mut checkpointer = Checkpointer::start(&mut writer, thresholds).unwrap();
+        commit_pages(&writer, 200);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::metadata(&path).unwrap().len() < main_before + 100 * 4096 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the main file did not grow: nothing was checkpointed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        checkpointer.stop();
+    }
+
+    /// The WAL's length after `commits` transactions of a few pages each, with the
+    /// thread copying beside the writer.
+    fn wal_after_commits(thresholds: Thresholds, commits: usize) -> u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.db");
+        let mut writer = super::super::open(&path, Synchronous::Normal).unwrap();
+        let _checkpointer = Checkpointer::start(&mut writer, thresholds).unwrap();
+        commit_pages(&writer, commits);
+        let count: i64 = writer
+            .query_row("SELECT count(*) FROM access_changes", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, commits as i64);
+        wal_len(&path)
+    }
+
+    /// With the thread copying beside it, the writer's last word still starts the WAL
+    /// over; without it, the WAL holds most of what was ever written.
+    #[test]
+    fn the_wal_starts_over_under_a_steady_stream_of_commits() {
+        let step = 10;
+        let restarting = wal_after_commits(Thresholds { step, restart: 40 }, 2000);
+        let growing = wal_after_commits(
+            Thresholds {
+                step,
+                restart: u32::MAX,
+            },
+            2000,
+        );
+        assert!(
+            restarting * 3 < growing,
+            "WAL {restarting} bytes, against {growing} with no restart"
+        );
+    }
+}
