@@ -59,8 +59,10 @@ pub async fn changes(
     loop {
         // Mark the current value seen before reading, so a commit in between wakes us.
         let newest_seen = *newest.borrow_and_update();
+        // Only up to what the writer has released: a change committed but not yet on
+        // disk could vanish with the power, and its `seq` be given to another.
         let found = if newest_seen > after {
-            read(&state, after, limit).await?
+            read(&state, after, newest_seen, limit).await?
         } else {
             Vec::new()
         };
@@ -82,11 +84,16 @@ pub async fn changes(
     }
 }
 
-async fn read(state: &AppState, after: i64, limit: u32) -> Result<Vec<AccessChange>, ApiError> {
+async fn read(
+    state: &AppState,
+    after: i64,
+    up_to: i64,
+    limit: u32,
+) -> Result<Vec<AccessChange>, ApiError> {
     let path = state.db_path.clone();
     web::block(move || {
         let conn = store::open_read_only(&path)?;
-        store::changes_after(&conn, after, limit)
+        store::changes_after(&conn, after, up_to, limit)
     })
     .await
     .map_err(|e| ApiError::store_unavailable(&e))?

@@ -20,6 +20,11 @@ pub const SCHEMA: &str = include_str!("../../schema.sql");
 pub const APPLICATION_ID: i64 = 0x656e_7464;
 /// `PRAGMA user_version` that [`SCHEMA`] creates.
 pub const SCHEMA_VERSION: i64 = 1;
+/// The page cache, in KiB (SQLite's default: 2 MiB): the writer's inserts touch the
+/// index pages of `events`, which on a database of millions of events no longer fit in
+/// 2 MiB. The cache fills only as pages are read. (The writer takes less while the file
+/// is under 1 GiB: see `writer::cache_kib`.)
+pub const CACHE_KIB: i64 = 64 * 1024;
 /// How long a write waits for a lock another process holds (a person's `sqlite3`
 /// in a write transaction) before the request answers 503 and Adapty retries.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -105,10 +110,7 @@ pub fn open(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreEr
             Synchronous::Normal => "NORMAL",
         },
     )?;
-    // 64 MiB of pages (default 2 MiB): the writer's inserts touch the index pages of
-    // `events`, which on a database of millions of events no longer fit in 2 MiB. The
-    // cache fills only as pages are read.
-    conn.pragma_update(None, "cache_size", -64 * 1024)?;
+    conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
     migrate(&conn, &path.display().to_string())?;
     Ok(conn)
 }
@@ -306,19 +308,21 @@ pub struct AccessChange {
     pub changed_at: String,
 }
 
-/// The changes after `after`, oldest first, at most `limit`.
+/// The changes after `after` and at most `up_to` (what the writer has released),
+/// oldest first, at most `limit`.
 pub fn changes_after(
     conn: &Connection,
     after: i64,
+    up_to: i64,
     limit: u32,
 ) -> Result<Vec<AccessChange>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT c.seq, c.profile_id, p.customer_user_id, c.access_level_id, c.active, c.reason, \
          c.profile_event_id, c.expires_at, c.changed_at \
          FROM access_changes AS c LEFT JOIN profiles AS p USING (profile_id) \
-         WHERE c.seq > ?1 ORDER BY c.seq LIMIT ?2",
+         WHERE c.seq > ?1 AND c.seq <= ?2 ORDER BY c.seq LIMIT ?3",
     )?;
-    let rows = stmt.query_map(params![after, limit], |r| {
+    let rows = stmt.query_map(params![after, up_to, limit], |r| {
         Ok(AccessChange {
             seq: r.get(0)?,
             profile_id: r.get(1)?,
@@ -453,6 +457,37 @@ pub fn each_customer_user_id(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `GET /changes` reads up to what the writer has released, not what is committed.
+    #[test]
+    fn changes_after_stops_at_the_released_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("e.db"), Synchronous::Normal).unwrap();
+        let now = Timestamp::from_micros(1_900_000_000_000_000);
+        for active in [true, false, true] {
+            record_change(
+                &conn,
+                "p",
+                "premium",
+                active,
+                ChangeReason::Rebuild,
+                None,
+                now,
+            )
+            .unwrap();
+        }
+        let seqs = |after, up_to| -> Vec<i64> {
+            changes_after(&conn, after, up_to, 100)
+                .unwrap()
+                .iter()
+                .map(|c| c.seq)
+                .collect()
+        };
+        assert_eq!(seqs(0, 3), [1, 2, 3]);
+        assert_eq!(seqs(0, 2), [1, 2]);
+        assert_eq!(seqs(1, 2), [2]);
+        assert!(seqs(2, 2).is_empty());
+    }
 
     #[test]
     fn a_new_file_gets_the_schema_and_the_durable_pragmas() {
