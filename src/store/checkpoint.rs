@@ -29,17 +29,19 @@ use std::thread::JoinHandle;
 /// When to copy the WAL into the main file, in WAL pages (frames).
 #[derive(Clone, Copy, Debug)]
 pub struct Thresholds {
-    /// The thread copies once this many pages wait (SQLite's own default: 1000).
+    /// The thread copies once this many pages wait. SQLite's auto-checkpoint copies at
+    /// 1000; smaller steps leave the writer a smaller rest to copy at `restart`.
     pub step: u32,
-    /// The writer finishes the copy itself at this WAL length, so the WAL starts over.
+    /// The writer finishes the copy itself at this WAL length (40 MiB of 4 KiB pages),
+    /// so the WAL starts over. That copy, and its two `fsync`s, hold up one batch.
     pub restart: u32,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
         Thresholds {
-            step: 1000,
-            restart: 4000,
+            step: 250,
+            restart: 10_000,
         }
     }
 }
