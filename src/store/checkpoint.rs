@@ -84,11 +84,10 @@ impl Checkpointer {
             .filter(|p| !p.is_empty())
             .map(Path::new)
             .ok_or_else(|| StoreError::Corrupt("the writer's database has no file".into()))?;
-        // The thread's connection does the copying, so its `synchronous` decides the
-        // syncs around a copy (the WAL before, the main file after): the writer's.
-        let synchronous: i64 = writer.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
-        let conn = super::open(path, Synchronous::Full)?;
-        conn.pragma_update(None, "synchronous", synchronous)?;
+        // The thread's connection does the copying. At NORMAL, as at FULL, SQLite syncs
+        // the WAL before a copy and the main file after it; FULL adds only the sync at
+        // each commit, and this connection never commits.
+        let conn = super::open(path, Synchronous::Normal)?;
         let shared = Arc::new(Shared::default());
         let ours = shared.clone();
         let thread = std::thread::Builder::new()

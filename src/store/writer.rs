@@ -173,7 +173,7 @@ impl Writer {
         to_sync: std_mpsc::SyncSender<Committed>,
         sync: JoinHandle<()>,
     ) {
-        let mut checkpointer = Checkpointer::start(&mut self.conn, Thresholds::default())
+        let checkpointer = Checkpointer::start(&mut self.conn, Thresholds::default())
             .inspect_err(|error| {
                 tracing::warn!(%error, "checkpoints stay in the writer's commits");
             })
@@ -216,12 +216,11 @@ impl Writer {
                 break;
             }
         }
-        // The last batches are synced and answered before the final checkpoint.
+        // The last batches are synced and answered, and the checkpoint thread stopped
+        // (dropping it joins it), before the final checkpoint.
         drop(to_sync);
         let _ = sync.join();
-        if let Some(checkpointer) = &mut checkpointer {
-            checkpointer.stop();
-        }
+        drop(checkpointer);
         // Fold the WAL into the main file so a copy of entitled.db alone is complete.
         // A reader (a backup, Litestream) can hold it back; that loses nothing.
         let checkpoint = self
