@@ -3,21 +3,62 @@
 //! so a reader never sees an answer the database could lose.
 
 use crate::projection::{AccessWindow, Entitlement};
+use crate::store::LevelRow;
 use crate::timestamp::Timestamp;
 use dashmap::DashMap;
 use smallvec::SmallVec;
-use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
+
+/// The maps' hasher: foldhash, randomly seeded. std's SipHash alone was 7 % of a
+/// 1M-profile warm-up's CPU (perf). foldhash resists collision attacks only
+/// "minimally", which is enough here: only the writer inserts keys, and only from
+/// authenticated webhooks; a lookup's key is hashed but never stored.
+type RandomState = foldhash::fast::RandomState;
 
 /// What a level is, as opposed to its state. A database holds a handful of distinct
 /// combinations (levels × stores × products × environments), so the index keeps one
 /// shared copy of each instead of four strings per level.
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct LevelLabels {
     pub access_level_id: Arc<str>,
     pub store: Option<Arc<str>>,
     pub vendor_product_id: Option<Arc<str>>,
     pub environment: Option<Arc<str>>,
+}
+
+/// [`LevelLabels`] borrowed: what the intern table is searched with, so a known
+/// combination costs no allocation.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct LabelsKey<'a> {
+    access_level_id: &'a str,
+    store: Option<&'a str>,
+    vendor_product_id: Option<&'a str>,
+    environment: Option<&'a str>,
+}
+
+impl LevelLabels {
+    fn key(&self) -> LabelsKey<'_> {
+        LabelsKey {
+            access_level_id: &self.access_level_id,
+            store: self.store.as_deref(),
+            vendor_product_id: self.vendor_product_id.as_deref(),
+            environment: self.environment.as_deref(),
+        }
+    }
+}
+
+/// Hashed as its key, so that the table finds it from a [`LabelsKey`].
+impl Hash for LevelLabels {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
+impl hashbrown::Equivalent<Arc<LevelLabels>> for LabelsKey<'_> {
+    fn equivalent(&self, labels: &Arc<LevelLabels>) -> bool {
+        *self == labels.key()
+    }
 }
 
 /// One access level of one profile, as the read API shows it. Packed: the window's
@@ -65,7 +106,7 @@ impl LevelAccess {
 }
 
 /// What the index knows of one profile.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProfileAccess {
     pub customer_user_id: Option<Arc<str>>,
     /// Sorted by access level id. A boxed slice, not a `Vec`: 8 bytes less in each of
@@ -97,12 +138,12 @@ pub struct Counts {
 
 #[derive(Default)]
 pub struct Index {
-    profiles: DashMap<Arc<str>, ProfileAccess>,
+    profiles: DashMap<Arc<str>, ProfileAccess, RandomState>,
     /// `customer_user_id` → the profiles that carry it: nearly always one, held
     /// inline (a `Vec` would allocate room for four, ~80 bytes a user).
-    users: DashMap<Arc<str>, SmallVec<[Arc<str>; 1]>>,
+    users: DashMap<Arc<str>, SmallVec<[Arc<str>; 1]>, RandomState>,
     /// The distinct [`LevelLabels`]: one copy of each.
-    labels: Mutex<HashSet<Arc<LevelLabels>>>,
+    labels: Mutex<hashbrown::HashSet<Arc<LevelLabels>>>,
 }
 
 impl Index {
@@ -113,7 +154,7 @@ impl Index {
     /// An index sized for `profiles` profiles, so warm-up never rehashes.
     pub fn with_capacity(profiles: usize) -> Self {
         Index {
-            profiles: DashMap::with_capacity(profiles),
+            profiles: DashMap::with_capacity_and_hasher(profiles, RandomState::default()),
             ..Self::default()
         }
     }
@@ -183,34 +224,66 @@ impl Index {
         }
     }
 
-    fn intern(&self, labels: LevelLabels) -> Arc<LevelLabels> {
-        let mut known = self.labels.lock().unwrap_or_else(PoisonError::into_inner);
-        match known.get(&labels) {
-            Some(known) => known.clone(),
-            None => {
-                let labels = Arc::new(labels);
-                known.insert(labels.clone());
-                labels
-            }
+    fn level_access(&self, row: &LevelRow<'_>) -> LevelAccess {
+        LevelAccess {
+            labels: self.intern(LabelsKey {
+                access_level_id: row.access_level_id,
+                store: row.store,
+                vendor_product_id: row.vendor_product_id,
+                environment: row.environment,
+            }),
+            expires_at: pack(row.window.expires_at),
+            starts_at: pack(row.window.starts_at),
+            is_active: row.window.is_active,
+            is_lifetime: row.window.is_lifetime,
+            will_renew: row.will_renew,
+            in_grace_period: row.in_grace_period,
+            is_refund: row.is_refund,
+            updated_at: row.last_event_at,
         }
     }
 
+    /// Warm-up: puts in a whole profile the index does not hold yet (from
+    /// [`ProfileAssembler`]).
+    pub fn insert_profile(&self, profile_id: Arc<str>, profile: ProfileAccess) {
+        if let Some(user) = &profile.customer_user_id {
+            self.users
+                .entry(user.clone())
+                .or_default()
+                .push(profile_id.clone());
+        }
+        let previous = self.profiles.insert(profile_id, profile);
+        debug_assert!(previous.is_none(), "warm-up read a profile twice");
+    }
+
+    /// The shared copy of these labels; allocated only the first time they are seen.
+    fn intern(&self, key: LabelsKey<'_>) -> Arc<LevelLabels> {
+        let mut known = self.labels.lock().unwrap_or_else(PoisonError::into_inner);
+        known
+            .get_or_insert_with(&key, |key| {
+                Arc::new(LevelLabels {
+                    access_level_id: key.access_level_id.into(),
+                    store: key.store.map(Arc::from),
+                    vendor_product_id: key.vendor_product_id.map(Arc::from),
+                    environment: key.environment.map(Arc::from),
+                })
+            })
+            .clone()
+    }
+
     fn set_level(&self, profile_id: Arc<str>, level: Arc<str>, entitlement: Option<Entitlement>) {
-        let access = entitlement.map(|e| LevelAccess {
-            labels: self.intern(LevelLabels {
-                access_level_id: level.clone(),
-                store: e.store,
-                vendor_product_id: e.vendor_product_id,
-                environment: e.environment,
-            }),
-            expires_at: pack(e.window.expires_at),
-            starts_at: pack(e.window.starts_at),
-            is_active: e.window.is_active,
-            is_lifetime: e.window.is_lifetime,
-            will_renew: e.will_renew,
-            in_grace_period: e.in_grace_period,
-            is_refund: e.is_refund,
-            updated_at: e.last_event_at,
+        let access = entitlement.map(|e| {
+            self.level_access(&LevelRow {
+                access_level_id: &level,
+                store: e.store.as_deref(),
+                vendor_product_id: e.vendor_product_id.as_deref(),
+                environment: e.environment.as_deref(),
+                window: e.window,
+                will_renew: e.will_renew,
+                in_grace_period: e.in_grace_period,
+                is_refund: e.is_refund,
+                last_event_at: e.last_event_at,
+            })
         });
         let mut profile = self.profiles.entry(profile_id).or_default();
         let position = profile
@@ -266,6 +339,69 @@ impl Index {
             .entry(customer_user_id)
             .or_default()
             .push(profile_id);
+    }
+}
+
+/// Warm-up: whole profiles from the rows of [`crate::store::each_level_and_user`],
+/// which come grouped by profile, levels sorted. Each profile then costs one map
+/// insert instead of one per row, and its levels one allocation of their exact size.
+#[derive(Default)]
+pub struct ProfileAssembler {
+    profile_id: Option<Arc<str>>,
+    customer_user_id: Option<Arc<str>>,
+    levels: Vec<LevelAccess>,
+}
+
+/// A profile [`ProfileAssembler`] finished, for [`Index::insert_profile`].
+pub type AssembledProfile = (Arc<str>, ProfileAccess);
+
+impl ProfileAssembler {
+    /// Adds a level of `profile_id`; returns the previous profile if this one starts
+    /// another.
+    pub fn level(
+        &mut self,
+        index: &Index,
+        profile_id: &str,
+        row: &LevelRow<'_>,
+    ) -> Option<AssembledProfile> {
+        let finished = self.start(profile_id);
+        debug_assert!(self
+            .levels
+            .last()
+            .is_none_or(|l| &**l.access_level_id() < row.access_level_id));
+        self.levels.push(index.level_access(row));
+        finished
+    }
+
+    /// Sets the profile's `customer_user_id`; returns the previous profile if this one
+    /// starts another.
+    pub fn customer_user_id(
+        &mut self,
+        profile_id: &str,
+        customer_user_id: &str,
+    ) -> Option<AssembledProfile> {
+        let finished = self.start(profile_id);
+        self.customer_user_id = Some(customer_user_id.into());
+        finished
+    }
+
+    /// The last profile, once the rows are done.
+    pub fn finish(&mut self) -> Option<AssembledProfile> {
+        let profile_id = self.profile_id.take()?;
+        let profile = ProfileAccess {
+            customer_user_id: self.customer_user_id.take(),
+            levels: self.levels.drain(..).collect(),
+        };
+        Some((profile_id, profile))
+    }
+
+    fn start(&mut self, profile_id: &str) -> Option<AssembledProfile> {
+        if self.profile_id.as_deref() == Some(profile_id) {
+            return None;
+        }
+        let finished = self.finish();
+        self.profile_id = Some(profile_id.into());
+        finished
     }
 }
 

@@ -383,19 +383,6 @@ pub fn set_reported(
     Ok(())
 }
 
-/// Every `entitlements` row, for warming the index.
-pub fn each_entitlement(
-    conn: &Connection,
-    mut each: impl FnMut(EntitlementRow),
-) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare(&format!("SELECT {ENTITLEMENT_COLUMNS} FROM entitlements"))?;
-    let mut rows = stmt.query([])?;
-    while let Some(row) = rows.next()? {
-        each(entitlement_row(row)??);
-    }
-    Ok(())
-}
-
 /// How many profiles the database knows: the index is sized for them up front.
 pub fn profile_count(conn: &Connection) -> Result<usize, StoreError> {
     let count: i64 = conn.query_row("SELECT count(*) FROM profiles", [], |r| r.get(0))?;
@@ -439,19 +426,102 @@ pub fn newest_received(conn: &Connection) -> Result<Option<Timestamp>, StoreErro
     time(newest)
 }
 
-/// Every profile with a known `customer_user_id`, for warming the index.
-pub fn each_customer_user_id(
+/// One level as the read API shows it, borrowed from the row that holds it.
+#[derive(Clone, Copy, Debug)]
+pub struct LevelRow<'a> {
+    pub access_level_id: &'a str,
+    pub store: Option<&'a str>,
+    pub vendor_product_id: Option<&'a str>,
+    pub environment: Option<&'a str>,
+    pub window: AccessWindow,
+    pub will_renew: bool,
+    pub in_grace_period: bool,
+    pub is_refund: bool,
+    /// `event_datetime` of the newest event folded into the level.
+    pub last_event_at: Timestamp,
+}
+
+/// Column `i` of `row` as text, borrowed.
+fn text<'r>(row: &'r Row<'_>, i: usize) -> Result<&'r str, StoreError> {
+    Ok(row.get_ref(i)?.as_str().map_err(rusqlite::Error::from)?)
+}
+
+/// Column `i` of `row` as text or NULL, borrowed.
+fn optional_text<'r>(row: &'r Row<'_>, i: usize) -> Result<Option<&'r str>, StoreError> {
+    Ok(row
+        .get_ref(i)?
+        .as_str_or_null()
+        .map_err(rusqlite::Error::from)?)
+}
+
+/// Column `i` of `row` as an instant or NULL.
+fn optional_instant(row: &Row<'_>, i: usize) -> Result<Option<Timestamp>, StoreError> {
+    optional_text(row, i)?
+        .map(|t| {
+            Timestamp::parse_rfc3339(t).ok_or_else(|| StoreError::Corrupt(format!("time {t}")))
+        })
+        .transpose()
+}
+
+/// A row of [`each_level_and_user`].
+pub enum ProfileRow<'a> {
+    Level(LevelRow<'a>),
+    CustomerUserId(&'a str),
+}
+
+/// Warm-up's scan: every level in `entitlements` and every known `customer_user_id`,
+/// merged in `profile_id` order, so a profile's rows come together: its levels (by
+/// `access_level_id`), then its user. Both tables are keyed by `profile_id`, so this
+/// is two sequential scans and no sort; rows are lent to `each`, never copied.
+pub fn each_level_and_user(
     conn: &Connection,
-    mut each: impl FnMut(String, String),
+    mut each: impl FnMut(&str, ProfileRow<'_>),
 ) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT profile_id, customer_user_id FROM profiles WHERE customer_user_id IS NOT NULL",
+    let mut levels = conn.prepare(
+        "SELECT profile_id, access_level_id, is_active, expires_at, starts_at, will_renew, \
+         is_lifetime, in_grace_period, is_refund, store, vendor_product_id, environment, \
+         last_event_at FROM entitlements ORDER BY profile_id, access_level_id",
     )?;
-    let mut rows = stmt.query([])?;
-    while let Some(row) = rows.next()? {
-        each(row.get(0)?, row.get(1)?);
+    let mut users = conn.prepare(
+        "SELECT profile_id, customer_user_id FROM profiles \
+         WHERE customer_user_id IS NOT NULL ORDER BY profile_id",
+    )?;
+    let (mut levels, mut users) = (levels.query([])?, users.query([])?);
+    let (mut level, mut user) = (levels.next()?, users.next()?);
+    loop {
+        let level_first = match (level, user) {
+            (None, None) => return Ok(()),
+            (Some(l), Some(u)) => text(l, 0)? <= text(u, 0)?,
+            (l, _) => l.is_some(),
+        };
+        if level_first {
+            let Some(row) = level else { unreachable!() };
+            let last_event_at = optional_instant(row, 12)?
+                .ok_or_else(|| StoreError::Corrupt("entitlement without last_event_at".into()))?;
+            let read = LevelRow {
+                access_level_id: text(row, 1)?,
+                window: AccessWindow {
+                    is_active: row.get(2)?,
+                    expires_at: optional_instant(row, 3)?,
+                    starts_at: optional_instant(row, 4)?,
+                    is_lifetime: row.get(6)?,
+                },
+                will_renew: row.get(5)?,
+                in_grace_period: row.get(7)?,
+                is_refund: row.get(8)?,
+                store: optional_text(row, 9)?,
+                vendor_product_id: optional_text(row, 10)?,
+                environment: optional_text(row, 11)?,
+                last_event_at,
+            };
+            each(text(row, 0)?, ProfileRow::Level(read));
+            level = levels.next()?;
+        } else {
+            let Some(row) = user else { unreachable!() };
+            each(text(row, 0)?, ProfileRow::CustomerUserId(text(row, 1)?));
+            user = users.next()?;
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]
