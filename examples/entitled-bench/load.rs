@@ -64,6 +64,8 @@ pub struct Stats {
     pub server_cpu: f64,
     /// CPU use of this process (the client) over the window, in cores.
     pub client_cpu: f64,
+    /// Each core's time stolen by the host over the window (`/proc/stat`).
+    pub stolen: Vec<Duration>,
 }
 
 impl Stats {
@@ -78,7 +80,7 @@ impl Stats {
 
     pub fn summary(&self) -> String {
         format!(
-            "{:>9.0}/s  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.1} ms  ok {} non-2xx {} errors {}  cpu server {:.2} client {:.2}",
+            "{:>9.0}/s  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.1} ms  ok {} non-2xx {} errors {}  cpu server {:.2} client {:.2}  stolen {:?}",
             self.rate(),
             self.ms(0.5),
             self.ms(0.99),
@@ -88,7 +90,8 @@ impl Stats {
             self.non_2xx,
             self.errors,
             self.server_cpu,
-            self.client_cpu
+            self.client_cpu,
+            self.stolen
         )
     }
 }
@@ -233,15 +236,17 @@ pub async fn run(spec: Spec, make: MakeRequest, server_pid: u32) -> Result<Stats
     // CPU time of both processes over the measurement window.
     let ticks = procs::clock_ticks();
     tokio::time::sleep_until(measure_from.into()).await;
-    let (server0, client0, t0) = (
+    let (server0, client0, steal0, t0) = (
         procs::cpu_ticks(Some(server_pid)),
         procs::cpu_ticks(None),
+        procs::steal_ticks(),
         Instant::now(),
     );
     tokio::time::sleep_until(end.into()).await;
-    let (server1, client1, t1) = (
+    let (server1, client1, steal1, t1) = (
         procs::cpu_ticks(Some(server_pid)),
         procs::cpu_ticks(None),
+        procs::steal_ticks(),
         Instant::now(),
     );
     let cores = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / ticks / (t1 - t0).as_secs_f64();
@@ -256,6 +261,11 @@ pub async fn run(spec: Spec, make: MakeRequest, server_pid: u32) -> Result<Stats
         hist: histogram(),
         server_cpu: cores(server0, server1),
         client_cpu: cores(client0, client1),
+        stolen: steal0
+            .iter()
+            .zip(&steal1)
+            .map(|(a, b)| Duration::from_secs_f64(b.saturating_sub(*a) as f64 / ticks))
+            .collect(),
     };
     for task in tasks {
         let (p, h) = task.await?;

@@ -314,6 +314,25 @@ pub fn cpu_ticks(pid: Option<u32>) -> u64 {
     get(11) + get(12)
 }
 
+/// Each core's time stolen by the hypervisor so far (the `steal` column of
+/// `/proc/stat`), in ticks: time the VM wanted a core and the host ran something
+/// else. Empty where the kernel does not say.
+pub fn steal_ticks() -> Vec<u64> {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return Vec::new();
+    };
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .map(|l| {
+            // cpuN user nice system idle iowait irq softirq steal ...
+            l.split_whitespace()
+                .nth(8)
+                .and_then(|f| f.parse().ok())
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
 /// The number of threads of a process.
 pub fn threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
