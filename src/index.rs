@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// The maps' hasher: foldhash, randomly seeded. std's SipHash alone was 7 % of a
 /// 1M-profile warm-up's CPU (perf). foldhash resists collision attacks only
-/// "minimally", which is enough here: only the writer inserts keys, and only from
-/// authenticated webhooks; a lookup's key is hashed but never stored.
+/// "minimally", which is enough here: keys are inserted only by the writer, from the
+/// webhooks it stores (which a token guards once set); a lookup's key is hashed but
+/// never stored.
 type RandomState = foldhash::fast::RandomState;
 
 /// What a level is, as opposed to its state. A database holds a handful of distinct

@@ -225,9 +225,9 @@ pub fn rebuild(args: RebuildArgs) -> Result<store::rebuild::Summary, store::Stor
     store::rebuild::rebuild(&mut conn, &rules, &decode, !args.check, Timestamp::now())
 }
 
-/// Loads committed state into the index: SQLite reads and assembles whole profiles on
-/// this thread while a second one puts them in the index, since the two cost about the
-/// same (BENCHMARKS.md).
+/// Loads committed state into the index: this thread reads SQLite and assembles whole
+/// profiles while a second one puts them in the map, whose random inserts miss the CPU
+/// cache (on two cores the two overlap; BENCHMARKS.md, Start-up).
 fn warm(
     conn: &rusqlite::Connection,
     index: &Index,

@@ -489,37 +489,41 @@ pub fn each_level_and_user(
     let (mut levels, mut users) = (levels.query([])?, users.query([])?);
     let (mut level, mut user) = (levels.next()?, users.next()?);
     loop {
-        let level_first = match (level, user) {
-            (None, None) => return Ok(()),
+        // The next row in `profile_id` order; a profile's levels before its user.
+        let level_next = match (level, user) {
             (Some(l), Some(u)) => text(l, 0)? <= text(u, 0)?,
             (l, _) => l.is_some(),
         };
-        if level_first {
-            let Some(row) = level else { unreachable!() };
-            let last_event_at = optional_instant(row, 12)?
-                .ok_or_else(|| StoreError::Corrupt("entitlement without last_event_at".into()))?;
-            let read = LevelRow {
-                access_level_id: text(row, 1)?,
-                window: AccessWindow {
-                    is_active: row.get(2)?,
-                    expires_at: optional_instant(row, 3)?,
-                    starts_at: optional_instant(row, 4)?,
-                    is_lifetime: row.get(6)?,
-                },
-                will_renew: row.get(5)?,
-                in_grace_period: row.get(7)?,
-                is_refund: row.get(8)?,
-                store: optional_text(row, 9)?,
-                vendor_product_id: optional_text(row, 10)?,
-                environment: optional_text(row, 11)?,
-                last_event_at,
-            };
-            each(text(row, 0)?, ProfileRow::Level(read));
-            level = levels.next()?;
-        } else {
-            let Some(row) = user else { unreachable!() };
-            each(text(row, 0)?, ProfileRow::CustomerUserId(text(row, 1)?));
-            user = users.next()?;
+        match (level_next, level, user) {
+            (true, Some(row), _) => {
+                let last_event_at = optional_instant(row, 12)?.ok_or_else(|| {
+                    StoreError::Corrupt("entitlement without last_event_at".into())
+                })?;
+                let read = LevelRow {
+                    access_level_id: text(row, 1)?,
+                    window: AccessWindow {
+                        is_active: row.get(2)?,
+                        expires_at: optional_instant(row, 3)?,
+                        starts_at: optional_instant(row, 4)?,
+                        is_lifetime: row.get(6)?,
+                    },
+                    will_renew: row.get(5)?,
+                    in_grace_period: row.get(7)?,
+                    is_refund: row.get(8)?,
+                    store: optional_text(row, 9)?,
+                    vendor_product_id: optional_text(row, 10)?,
+                    environment: optional_text(row, 11)?,
+                    last_event_at,
+                };
+                each(text(row, 0)?, ProfileRow::Level(read));
+                level = levels.next()?;
+            }
+            (false, _, Some(row)) => {
+                each(text(row, 0)?, ProfileRow::CustomerUserId(text(row, 1)?));
+                user = users.next()?;
+            }
+            // Both scans are done.
+            _ => return Ok(()),
         }
     }
 }
