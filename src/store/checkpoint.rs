@@ -136,9 +136,8 @@ impl Checkpointer {
             let _ = thread.join();
         }
     }
-}
 
-impl Checkpointer {
+    /// How many checkpoints the thread has run.
     #[cfg(test)]
     fn copies(&self) -> u64 {
         self.shared.copies.load(Ordering::Relaxed)

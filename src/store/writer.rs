@@ -422,7 +422,7 @@ impl Flusher {
     /// The index, the change feed's watchers, the answers.
     fn release(&self, committed: Committed) {
         let Committed {
-            mut batch,
+            batch,
             result,
             effects,
             now,
@@ -452,7 +452,7 @@ impl Flusher {
                         "batch committed"
                     );
                 }
-                for (command, reply) in batch.drain(..).zip(replies) {
+                for (command, reply) in batch.into_iter().zip(replies) {
                     match &reply {
                         Ok(Outcome::Stored | Outcome::Ignored) => telemetry::event_stored(
                             command.event.event.event_type.map(|t| t.name()),
@@ -472,7 +472,7 @@ impl Flusher {
                 tracing::error!(size, error = %error, "batch rolled back; Adapty will retry");
                 self.status.record_failure(error.to_string());
                 let error = Arc::new(error);
-                for command in batch.drain(..) {
+                for command in batch {
                     let _ = command.reply.send(Err(error.clone()));
                 }
             }
