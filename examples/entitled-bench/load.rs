@@ -5,8 +5,12 @@
 //! no coordinated omission).
 //!
 //! Everything runs on one current-thread tokio runtime in this process, which is
-//! pinned to its own core. Pacing sleeps until ~2 ms before the slot (tokio timers
-//! have millisecond resolution) and then yields until the exact instant.
+//! pinned to its own core. Paced, one task keeps the schedule: it sleeps on tokio's
+//! timer (millisecond resolution) until ~2 ms before the next send time, yields until
+//! the exact instant, and hands each due send time to its connection, round robin, over
+//! a channel. A connection still busy with its previous request queues it, and the wait
+//! counts in its latency. How late the pacer woke is recorded too: it is the client
+//! core's own hiccups, which every paced latency includes.
 
 use crate::gen::Rng;
 use crate::procs::{self, Result};
@@ -19,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 /// One request to send.
 pub struct Req {
@@ -66,6 +71,14 @@ pub struct Stats {
     pub client_cpu: f64,
     /// Each core's time stolen by the host over the window (`/proc/stat`).
     pub stolen: Vec<Duration>,
+    /// CPU use of every other process over the window, in cores, and the biggest
+    /// user among them: what else the machine ran (on the VM of BENCHMARKS.md, the
+    /// kernel's `kdamond`, in bursts).
+    pub others_cpu: f64,
+    pub others_top: Option<(String, f64)>,
+    /// Paced: how late the pacer woke for its send times in the window, in nanoseconds
+    /// (the client core's own hiccups); every paced latency includes it.
+    pub pacer_late: Option<Histogram<u64>>,
 }
 
 impl Stats {
@@ -92,8 +105,38 @@ impl Stats {
             self.server_cpu,
             self.client_cpu,
             self.stolen
-        )
+        ) + &format!("  others {}", self.others())
+            + &self
+                .pacer_late
+                .as_ref()
+                .map(|h| format!("  pacer late: {}", stalls(h)))
+                .unwrap_or_default()
     }
+
+    /// "0.03 (kdamond.0 0.02)": other processes' CPU in cores, and the biggest user.
+    pub fn others(&self) -> String {
+        match &self.others_top {
+            Some((name, cores)) => format!("{:.2} ({name} {cores:.2})", self.others_cpu),
+            None => format!("{:.2}", self.others_cpu),
+        }
+    }
+}
+
+/// "3 ≥ 1 ms, 14 ms in all, longest 4.4 ms": the lateness of the wake-ups at least
+/// 1 ms late (below that it is timer slack and the yield loop, not a stall).
+pub fn stalls(late: &Histogram<u64>) -> String {
+    let (mut count, mut total) = (0, 0.0);
+    for v in late.iter_recorded() {
+        if v.value_iterated_to() >= 1_000_000 {
+            count += v.count_at_value();
+            total += v.value_iterated_to() as f64 * v.count_at_value() as f64;
+        }
+    }
+    format!(
+        "{count} ≥ 1 ms, {:.0} ms in all, longest {:.1} ms",
+        total / 1e6,
+        late.max() as f64 / 1e6
+    )
 }
 
 fn histogram() -> Histogram<u64> {
@@ -120,6 +163,41 @@ async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>> {
     Ok(sender)
 }
 
+/// The pacer: sends the `k`-th send time (`start + k / rate`, before `end`) to
+/// connection `k % n` when it is due. A connection still busy with its previous request
+/// queues it, and the wait counts in its latency. Returns how late it woke for the send
+/// times in `[measure_from, end)`.
+async fn pace(
+    rate: f64,
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+    slots: Vec<mpsc::UnboundedSender<Instant>>,
+) -> Histogram<u64> {
+    let mut late = histogram();
+    let at = |k: u64| start + Duration::from_secs_f64(k as f64 / rate);
+    let mut k = 0;
+    loop {
+        let next = at(k);
+        if next >= end {
+            return late;
+        }
+        wait_until(next).await;
+        let now = Instant::now();
+        if next >= measure_from {
+            let ns = now.saturating_duration_since(next).as_nanos() as u64;
+            let _ = late.record(ns.max(1_000));
+        }
+        while at(k) <= now && at(k) < end {
+            // A connection that gave up (far behind schedule) has dropped its receiver.
+            let _ = slots[(k % slots.len() as u64) as usize].send(at(k));
+            k += 1;
+        }
+    }
+}
+
+/// Sleeps on tokio's timer (millisecond resolution) until ~2 ms before `t`, then yields
+/// until `t`.
 async fn wait_until(t: Instant) {
     let now = Instant::now();
     if t > now + Duration::from_millis(3) {
@@ -144,39 +222,41 @@ pub async fn run(spec: Spec, make: MakeRequest, server_pid: u32) -> Result<Stats
     let measure_from = start + spec.warmup;
     let end = measure_from + spec.measure;
     let host = spec.addr.to_string();
+    let (slots, pacer) = match spec.mode {
+        Mode::Closed => (None, None),
+        Mode::Paced(rate) => {
+            let (senders, receivers): (Vec<_>, Vec<_>) = (0..spec.connections)
+                .map(|_| mpsc::unbounded_channel())
+                .unzip();
+            let pacer = tokio::spawn(pace(rate, start, measure_from, end, senders));
+            (Some(receivers), Some(pacer))
+        }
+    };
+    let mut slots = slots.map(Vec::into_iter);
     let mut tasks = Vec::with_capacity(spec.connections);
     for (c, sender) in senders.into_iter().enumerate() {
         let make = make.clone();
         let host = host.clone();
         let addr = spec.addr;
         let spec_measure = spec.measure;
-        let pace = match spec.mode {
-            Mode::Closed => None,
-            Mode::Paced(rate) => {
-                let interval = Duration::from_secs_f64(spec.connections as f64 / rate);
-                Some((
-                    interval,
-                    interval.mul_f64(c as f64 / spec.connections as f64),
-                ))
-            }
-        };
+        let mut slots = slots.as_mut().and_then(Iterator::next);
         let mut rng = Rng::new(spec.seed.wrapping_mul(1000).wrapping_add(c as u64));
         tasks.push(tokio::spawn(async move {
             let mut sender = sender;
             let mut partial = Partial::default();
             let mut hist = histogram();
-            let mut k: u32 = 0;
             loop {
-                let scheduled = pace.map(|(interval, offset)| start + offset + interval * k);
-                k += 1;
-                match scheduled {
-                    Some(t) if t >= end => break,
-                    // Far behind schedule (overloaded): stop rather than run on.
-                    Some(_) if Instant::now() >= end + spec_measure => break,
-                    Some(t) => wait_until(t).await,
+                let scheduled = match &mut slots {
                     None if Instant::now() >= end => break,
-                    None => {}
-                }
+                    None => None,
+                    // The pacer is done and this connection has sent all it was given.
+                    Some(slots) => match slots.recv().await {
+                        None => break,
+                        // Far behind schedule (overloaded): stop rather than run on.
+                        Some(_) if Instant::now() >= end + spec_measure => break,
+                        Some(t) => Some(t),
+                    },
+                };
                 let req = make(&mut rng);
                 let sent = Instant::now();
                 let from = scheduled.unwrap_or(sent);
@@ -235,20 +315,24 @@ pub async fn run(spec: Spec, make: MakeRequest, server_pid: u32) -> Result<Stats
     }
     // CPU time of both processes over the measurement window.
     let ticks = procs::clock_ticks();
+    let not_others = [server_pid, std::process::id()];
     tokio::time::sleep_until(measure_from.into()).await;
-    let (server0, client0, steal0, t0) = (
+    let (server0, client0, steal0, others0, t0) = (
         procs::cpu_ticks(Some(server_pid)),
         procs::cpu_ticks(None),
         procs::steal_ticks(),
+        procs::others_cpu_ticks(&not_others),
         Instant::now(),
     );
     tokio::time::sleep_until(end.into()).await;
-    let (server1, client1, steal1, t1) = (
+    let (server1, client1, steal1, others1, t1) = (
         procs::cpu_ticks(Some(server_pid)),
         procs::cpu_ticks(None),
         procs::steal_ticks(),
+        procs::others_cpu_ticks(&not_others),
         Instant::now(),
     );
+    let (others, others_top) = procs::others_used(&others0, &others1);
     let cores = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / ticks / (t1 - t0).as_secs_f64();
     let mut stats = Stats {
         ok: 0,
@@ -266,6 +350,9 @@ pub async fn run(spec: Spec, make: MakeRequest, server_pid: u32) -> Result<Stats
             .zip(&steal1)
             .map(|(a, b)| Duration::from_secs_f64(b.saturating_sub(*a) as f64 / ticks))
             .collect(),
+        others_cpu: cores(0, others),
+        others_top: others_top.map(|(name, ticks)| (name, cores(0, ticks))),
+        pacer_late: None,
     };
     for task in tasks {
         let (p, h) = task.await?;
@@ -276,6 +363,9 @@ pub async fn run(spec: Spec, make: MakeRequest, server_pid: u32) -> Result<Stats
         stats.stored += p.stored;
         stats.duplicate += p.duplicate;
         stats.hist.add(&h)?;
+    }
+    if let Some(pacer) = pacer {
+        stats.pacer_late = Some(pacer.await?);
     }
     Ok(stats)
 }

@@ -17,7 +17,7 @@
 //! | `--mixed-ingest-rate R` | 1000 | events/s ingested during the mixed phase |
 //! | `--no-pin` | pinning on | do not `taskset` the daemon to core 0 and the client to core 1 |
 //! | `--only-ingest` | off | only the ingest phase and its two baselines; no report |
-//! | `--only-lookups` | off | only start-up and the closed-loop lookup pairs; no report |
+//! | `--only-lookups` | off | only start-up, the closed-loop lookup pairs and the paced 50 % pair; no report |
 //! | `--out FILE` | `BENCHMARKS.md` (full run) | where to write the report; quick runs write none unless given |
 //!
 //! What it does, in order: builds `target/release/entitled`; ingest (64 clients POST
@@ -95,8 +95,9 @@ struct Flags {
     /// print their figures and write no report: for working on the write path.
     #[arg(long)]
     only_ingest: bool,
-    /// Run only start-up and closed-loop lookups against the HTTP ceiling, print their
-    /// figures and write no report: for working on the read path.
+    /// Run only start-up and the lookups against the HTTP ceiling (closed-loop pairs, then
+    /// both paced at half the ceiling), print their figures and write no report: for
+    /// working on the read path.
     #[arg(long, conflicts_with = "only_ingest")]
     only_lookups: bool,
     /// Where to write the report [default: BENCHMARKS.md; --quick: none].
@@ -408,15 +409,24 @@ fn run() -> Result<()> {
     eprintln!("ceiling @50%: {}", ceiling_paced.summary());
     ceiling_server.stop()?;
 
+    let lookup_paced = runtime.block_on(load::run(
+        spec(daemon.addr, args.connections, phase, Mode::Paced(half), 24),
+        lookup_requests(args.profiles),
+        daemon.pid,
+    ))?;
+    eprintln!("lookup @50% of ceiling: {}", lookup_paced.summary());
     if args.only_lookups {
         println!(
             "lookups {:.0} req/s, p99 {:.3} ms, daemon CPU {:.2}; HTTP ceiling {:.0} req/s \
-             ({:.2}; pairs {pair_ratios:.2?}); start-up {}",
+             ({:.2}; pairs {pair_ratios:.2?}); p99 at 50 %: lookups {:.3} ms, ceiling {:.3} ms; \
+             start-up {}",
             lookup.rate(),
             lookup.ms(0.99),
             lookup.server_cpu,
             ceiling.rate(),
             lookup.rate() / ceiling.rate(),
+            lookup_paced.ms(0.99),
+            ceiling_paced.ms(0.99),
             startups
                 .iter()
                 .map(|d| format!("{:.2} s", d.as_secs_f64()))
@@ -425,12 +435,6 @@ fn run() -> Result<()> {
         );
         return Ok(());
     }
-    let lookup_paced = runtime.block_on(load::run(
-        spec(daemon.addr, args.connections, phase, Mode::Paced(half), 24),
-        lookup_requests(args.profiles),
-        daemon.pid,
-    ))?;
-    eprintln!("lookup @50% of ceiling: {}", lookup_paced.summary());
     let rss_after_lookups = procs::rss_bytes(daemon.pid)?;
 
     // ---- 3. Mixed ---------------------------------------------------------------

@@ -1,6 +1,7 @@
 //! Processes: building and starting the daemon, the HTTP-ceiling server, pinning, and
 //! what /proc says about them (CPU time, resident memory).
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -298,9 +299,53 @@ pub fn cpu_ticks(pid: Option<u32>) -> u64 {
         || "/proc/self/stat".to_owned(),
         |p| format!("/proc/{p}/stat"),
     );
-    let Ok(stat) = std::fs::read_to_string(path) else {
-        return 0;
+    std::fs::read_to_string(path).map_or(0, |stat| stat_ticks(&stat).1)
+}
+
+/// CPU time so far of every process but `exclude` (kernel threads included), in
+/// ticks, by pid, with its name.
+pub fn others_cpu_ticks(exclude: &[u32]) -> HashMap<u32, (String, u64)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return HashMap::new();
     };
+    dir.filter_map(|entry| {
+        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        if exclude.contains(&pid) {
+            return None;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (name, ticks) = stat_ticks(&stat);
+        Some((pid, (name.to_owned(), ticks)))
+    })
+    .collect()
+}
+
+/// What the processes of two `others_cpu_ticks` used in between (those alive at both),
+/// in ticks: in all, and the biggest user with its share.
+pub fn others_used(
+    before: &HashMap<u32, (String, u64)>,
+    after: &HashMap<u32, (String, u64)>,
+) -> (u64, Option<(String, u64)>) {
+    let used = after.iter().filter_map(|(pid, (name, ticks))| {
+        let (_, earlier) = before.get(pid)?;
+        Some((name, ticks.saturating_sub(*earlier)))
+    });
+    let (mut total, mut top) = (0, None::<(&String, u64)>);
+    for (name, ticks) in used {
+        total += ticks;
+        if ticks > 0 && top.is_none_or(|(_, most)| ticks > most) {
+            top = Some((name, ticks));
+        }
+    }
+    (total, top.map(|(name, ticks)| (name.clone(), ticks)))
+}
+
+/// A `/proc/PID/stat` line's command name and utime + stime.
+fn stat_ticks(stat: &str) -> (&str, u64) {
+    let name = stat
+        .split_once(" (")
+        .and_then(|(_, r)| r.rsplit_once(") "))
+        .map_or("?", |(name, _)| name);
     // Fields after the command name (which may hold spaces) start at ") ".
     let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -311,7 +356,7 @@ pub fn cpu_ticks(pid: Option<u32>) -> u64 {
             .and_then(|f| f.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    get(11) + get(12)
+    (name, get(11) + get(12))
 }
 
 /// Each core's time stolen by the hypervisor so far (the `steal` column of

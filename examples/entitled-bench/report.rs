@@ -1,6 +1,6 @@
 //! The table on stdout and BENCHMARKS.md.
 
-use crate::load::Stats;
+use crate::load::{stalls, Stats};
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -59,8 +59,9 @@ fn detail(name: &str, s: &Stats) -> String {
             .collect::<Vec<_>>()
             .join(" / ")
     };
+    let pacer = s.pacer_late.as_ref().map_or_else(|| "–".to_owned(), stalls);
     format!(
-        "| {name} | {:.0} | {} | {} | {} | {} | {:.1} ms | {} / {} | {:.2} | {:.2} | {stolen} |",
+        "| {name} | {:.0} | {} | {} | {} | {} | {:.1} ms | {} / {} | {:.2} | {:.2} | {stolen} | {} | {pacer} |",
         s.rate(),
         ms(s.ms(0.5)),
         ms(s.ms(0.99)),
@@ -70,7 +71,8 @@ fn detail(name: &str, s: &Stats) -> String {
         s.non_2xx,
         s.errors,
         s.server_cpu,
-        s.client_cpu
+        s.client_cpu,
+        s.others()
     )
 }
 
@@ -312,7 +314,7 @@ impl Report {
 
     pub fn details_table(&self) -> String {
         let mut t = String::from(
-            "| phase | req/s | p50 | p99 | p99.9 | p99.99 | max | non-2xx / errors | server CPU (cores) | client CPU (cores) | stolen by the host (ms, core 0 / 1) |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+            "| phase | req/s | p50 | p99 | p99.9 | p99.99 | max | non-2xx / errors | server CPU (cores) | client CPU (cores) | stolen by the host (ms, core 0 / 1) | other processes' CPU (cores; the biggest) | pacer late (paced phases) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for d in &self.details {
             t.push_str(d);
