@@ -222,7 +222,7 @@ pub async fn run(spec: Spec, make: MakeRequest, server_pid: u32) -> Result<Stats
     let measure_from = start + spec.warmup;
     let end = measure_from + spec.measure;
     let host = spec.addr.to_string();
-    let (slots, pacer) = match spec.mode {
+    let (receivers, pacer) = match spec.mode {
         Mode::Closed => (None, None),
         Mode::Paced(rate) => {
             let (senders, receivers): (Vec<_>, Vec<_>) = (0..spec.connections)
@@ -232,14 +232,14 @@ pub async fn run(spec: Spec, make: MakeRequest, server_pid: u32) -> Result<Stats
             (Some(receivers), Some(pacer))
         }
     };
-    let mut slots = slots.map(Vec::into_iter);
+    let mut receivers = receivers.map(Vec::into_iter);
     let mut tasks = Vec::with_capacity(spec.connections);
     for (c, sender) in senders.into_iter().enumerate() {
         let make = make.clone();
         let host = host.clone();
         let addr = spec.addr;
         let spec_measure = spec.measure;
-        let mut slots = slots.as_mut().and_then(Iterator::next);
+        let mut slots = receivers.as_mut().and_then(Iterator::next);
         let mut rng = Rng::new(spec.seed.wrapping_mul(1000).wrapping_add(c as u64));
         tasks.push(tokio::spawn(async move {
             let mut sender = sender;

@@ -464,7 +464,11 @@ fn run() -> Result<()> {
         "\n== mixed: lookups ({steady_rate:.0}/s) while ingesting {} events/s",
         args.mixed_rate
     );
-    let ingest_conns = 8;
+    // As many connections as the lookups: a paced client needs rate × latency of them
+    // in flight (Little's law). With 8, an ingest beside closed-loop lookups (~8 ms a
+    // webhook) had none to spare: after any stall the backlog queued in the client for
+    // the rest of the phase (p50 160–460 ms in some runs, 2 ms in others).
+    let ingest_conns = args.connections;
     let (mixed_paced, mixed_ingest) = runtime.block_on(async {
         tokio::join!(
             load::run(
