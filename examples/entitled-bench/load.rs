@@ -249,8 +249,8 @@ pub async fn run(spec: Spec, make: MakeRequest, server_pid: u32) -> Result<Stats
                 let scheduled = match &mut slots {
                     None if Instant::now() >= end => break,
                     None => None,
-                    // The pacer is done and this connection has sent all it was given.
                     Some(slots) => match slots.recv().await {
+                        // The pacer is done and this connection has sent all it was given.
                         None => break,
                         // Far behind schedule (overloaded): stop rather than run on.
                         Some(_) if Instant::now() >= end + spec_measure => break,
