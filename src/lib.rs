@@ -367,7 +367,7 @@ mod tests {
         assert_eq!(
             warmed.profile_count(),
             profiles.len() - 1,
-            "p9 has a level only"
+            "\"nothing\" has no level and no user, so no entry"
         );
         for profile_id in profiles {
             let read = |index: &Index| index.with_profile(profile_id, |p| p.cloned());
