@@ -41,6 +41,15 @@ fn ms(d: f64) -> String {
     }
 }
 
+/// The ratios of alternating pairs, as the report lists them: "0.76, 0.87, 0.91".
+fn ratio_list(ratios: &[f64]) -> String {
+    ratios
+        .iter()
+        .map(|r| format!("{r:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn latencies(s: &Stats) -> String {
     format!(
         "p50 {} / p99 {} / p99.9 {}",
@@ -172,11 +181,7 @@ impl Report {
         pair_ratios: &[f64],
         rss_after: u64,
     ) {
-        let pairs = pair_ratios
-            .iter()
-            .map(|r| format!("{r:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let pairs = ratio_list(pair_ratios);
         self.checks.push(Check {
             name: "Lookup throughput vs HTTP ceiling",
             value: format!(
@@ -246,11 +251,7 @@ impl Report {
                 "lookups alone, closed loop".to_string(),
             ),
         ] {
-            let list = ratios
-                .iter()
-                .map(|r| format!("{r:.2}"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let list = ratio_list(ratios);
             self.checks.push(Check {
                 name,
                 value: format!(
