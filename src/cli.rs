@@ -85,8 +85,7 @@ const IN_FLIGHT: usize = 2048;
 const REFUSALS_NAMED: u64 = 100;
 
 pub fn import(args: ImportArgs) -> Result<ImportSummary, CliError> {
-    let conn = store::open(&args.store.db, args.store.synchronous)?;
-    let _lock = store::lock_for_writing(&args.store.db)?;
+    let (conn, _lock) = store::open(&args.store.db, args.store.synchronous)?;
     let names = Arc::new(args.projection.event_names.clone());
     let decode_names = names.clone();
     let (handle, queue) = writer::queue();

@@ -57,8 +57,7 @@ pub enum ServeError {
 /// SIGINT; then drain: stop accepting, finish requests in flight, commit what the
 /// writer holds, checkpoint, return.
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
-    let conn = store::open(&args.store.db, args.store.synchronous)?;
-    let _lock = store::lock_for_writing(&args.store.db)?;
+    let (conn, _lock) = store::open(&args.store.db, args.store.synchronous)?;
     telemetry::metrics_handle();
 
     let status = Arc::new(Status::new());
@@ -217,8 +216,7 @@ pub fn rebuild(args: RebuildArgs) -> Result<store::rebuild::Summary, store::Stor
             path: args.store.db.display().to_string(),
         });
     }
-    let mut conn = store::open(&args.store.db, args.store.synchronous)?;
-    let _lock = store::lock_for_writing(&args.store.db)?;
+    let (mut conn, _lock) = store::open(&args.store.db, args.store.synchronous)?;
     let names = args.projection.event_names.clone();
     let decode = move |body: &str| adapty::decode_stored(body, &names);
     let rules = args.projection.rules();
@@ -293,7 +291,8 @@ mod tests {
     #[test]
     fn warm_up_builds_what_applying_the_rows_builds() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = store::open(&dir.path().join("e.db"), config::Synchronous::Normal).unwrap();
+        let (conn, _lock) =
+            store::open(&dir.path().join("e.db"), config::Synchronous::Normal).unwrap();
         let applied = Index::new();
         let profiles = [
             "p1",

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Bump when the generator or the schema changes: the cache key of the database.
-pub const DATA_VERSION: &str = "v1";
+pub const DATA_VERSION: &str = "v2";
 /// The namespace of the profiles in the cached database.
 pub const NS_DATASET: u64 = 1;
 /// Profile ids the mixed test ingests into the cached database, deleted afterwards.
@@ -309,7 +309,7 @@ fn insert_row(conn: &Connection, row: &Row) -> Result<()> {
         .prepare_cached(
             "INSERT INTO events (profile_event_id, profile_id, customer_user_id, event_type, \
              canonical_type, event_datetime, received_at, environment, body) \
-             VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (profile_event_id) DO NOTHING",
+             VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (profile_id, profile_event_id) DO NOTHING",
         )?
         .execute(params![
             e.profile_event_id,
@@ -382,7 +382,7 @@ fn insert_row(conn: &Connection, row: &Row) -> Result<()> {
 /// synchronous=FULL): `batch` rows a transaction, for at most `limit` (whole
 /// transactions), over at most all `rows`.
 pub fn baseline(db: &Path, rows: &[Row], batch: usize, limit: Duration) -> Result<(f64, usize)> {
-    let conn = entitled::store::open(db, Synchronous::Full)?;
+    let (conn, _lock) = entitled::store::open(db, Synchronous::Full)?;
     let started = Instant::now();
     let mut done = 0;
     for chunk in rows.chunks(batch) {

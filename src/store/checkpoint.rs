@@ -115,7 +115,7 @@ impl Checkpointer {
         // The thread's connection does the copying. At NORMAL, as at FULL, SQLite syncs
         // the WAL before a copy and the main file after it; FULL adds only the sync at
         // each commit, and this connection never commits.
-        let conn = super::open(path, Synchronous::Normal)?;
+        let conn = super::connect(path, Synchronous::Normal)?;
         let shared = Arc::new(Shared::default());
         let ours = shared.clone();
         let thread = std::thread::Builder::new()
@@ -271,7 +271,7 @@ mod tests {
     fn the_thread_copies_the_wal_into_the_main_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("e.db");
-        let mut writer = super::super::open(&path, Synchronous::Normal).unwrap();
+        let (mut writer, _lock) = super::super::open(&path, Synchronous::Normal).unwrap();
         let main_before = std::fs::metadata(&path).unwrap().len();
         let thresholds = Thresholds {
             step: 20,
@@ -297,7 +297,7 @@ mod tests {
     fn a_reader_holding_the_wal_back_does_not_make_the_thread_spin() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("e.db");
-        let mut writer = super::super::open(&path, Synchronous::Normal).unwrap();
+        let (mut writer, _lock) = super::super::open(&path, Synchronous::Normal).unwrap();
         commit_pages(&writer, 1);
         let reader = Connection::open(&path).unwrap();
         reader.execute_batch("BEGIN").unwrap();
@@ -328,7 +328,7 @@ mod tests {
     fn wal_after_commits(thresholds: Thresholds, commits: usize) -> u64 {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("e.db");
-        let mut writer = super::super::open(&path, Synchronous::Normal).unwrap();
+        let (mut writer, _lock) = super::super::open(&path, Synchronous::Normal).unwrap();
         let _checkpointer = Checkpointer::start(&mut writer, thresholds).unwrap();
         commit_pages(&writer, commits);
         let count: i64 = writer

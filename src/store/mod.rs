@@ -19,7 +19,7 @@ pub const SCHEMA: &str = include_str!("../../schema.sql");
 /// `PRAGMA application_id` of an entitled database ("entd").
 pub const APPLICATION_ID: i64 = 0x656e_7464;
 /// `PRAGMA user_version` that [`SCHEMA`] creates.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// The page cache, in KiB (SQLite's default: 2 MiB): the writer's inserts touch the
 /// index pages of `events`, which on a database of millions of events no longer fit in
 /// 2 MiB. The cache fills only as pages are read. (The writer takes less while the file
@@ -44,6 +44,13 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot upgrade the schema of {path}: {reason}")]
+    Upgrade { path: String, reason: String },
+    #[error("cannot sync {path}: {source}")]
+    Sync {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
     #[error(transparent)]
@@ -53,9 +60,10 @@ pub enum StoreError {
 /// Holds the database for one writing process (the daemon, `rebuild`, `import`):
 /// an advisory `flock` on the file itself, released when the guard drops or the
 /// process dies. SQLite's own locks are separate; readers never take this one.
+#[derive(Debug)]
 pub struct WriterLock(#[allow(dead_code)] std::fs::File);
 
-pub fn lock_for_writing(path: &Path) -> Result<WriterLock, StoreError> {
+fn lock_for_writing(path: &Path) -> Result<WriterLock, StoreError> {
     let display = || path.display().to_string();
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -91,9 +99,39 @@ pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// Opens (creating if missing) the database, sets the pragmas, and creates or checks
-/// the schema.
-pub fn open(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreError> {
+/// Opens (creating if missing) the database for the one process that writes it, sets
+/// the pragmas, takes the [`WriterLock`], and creates, checks or upgrades the schema.
+/// The lock comes before the schema: an upgrade must not rewrite `events` under a
+/// running daemon.
+pub fn open(path: &Path, synchronous: Synchronous) -> Result<(Connection, WriterLock), StoreError> {
+    let conn = connect(path, synchronous)?;
+    let lock = lock_for_writing(path)?;
+    migrate(&conn, &path.display().to_string())?;
+    sync_wal(path)?;
+    Ok((conn, lock))
+}
+
+/// `fdatasync`s the WAL a previous process left, if any. One killed between a commit
+/// and its sync (the sync thread's) leaves committed pages in the OS page cache only:
+/// this process must not serve them (in the index, in `GET /changes`) before they are
+/// on disk, or a power cut could take back what it said.
+fn sync_wal(path: &Path) -> Result<(), StoreError> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let synced = match std::fs::File::open(&wal) {
+        Ok(file) => file.sync_data(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error),
+    };
+    synced.map_err(|source| StoreError::Sync {
+        path: Path::new(&wal).display().to_string(),
+        source,
+    })
+}
+
+/// A read-write connection with entitled's pragmas, for a process that holds (or is
+/// about to take) the [`WriterLock`]: the writer's, and the checkpoint thread's.
+pub(crate) fn connect(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -111,7 +149,6 @@ pub fn open(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreEr
         },
     )?;
     conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
-    migrate(&conn, &path.display().to_string())?;
     Ok(conn)
 }
 
@@ -135,8 +172,104 @@ fn migrate(conn: &Connection, path: &str) -> Result<(), StoreError> {
             found: version,
         });
     }
-    // Version 1 is the first: upgrade steps from older versions go here, one a version.
+    // One step a version, each in a transaction of its own.
+    if version < 2 {
+        upgrade_to_2(conn, path)?;
+    }
     Ok(())
+}
+
+/// Version 1 → 2: `events` deduplicates on `(profile_id, profile_event_id)`, one index
+/// where version 1 had a unique `profile_event_id` and `(profile_id, event_datetime)`.
+/// The column's `UNIQUE` is an index SQLite drops only with its table, so the rows are
+/// copied into a new `events` (same columns, same `seq`s) in one transaction: a crash
+/// leaves version 1 as it was.
+///
+/// The copy runs in rollback-journal mode, not WAL: one transaction the size of the
+/// table would pass through the WAL whole, and dropping the old table then looks up
+/// each of its pages in a WAL of millions of frames (a 17.7 GB file had not finished
+/// in 9 minutes that way). In journal mode the new pages go straight into the file
+/// and only the few pages that existed before are journaled. It needs free disk of
+/// about the table's size: the old pages stay in the file, as free pages that new
+/// events fill. Leaving WAL mode needs no other connection open on the file: with one
+/// (a person's `sqlite3`), the upgrade stops with an error and changes nothing.
+fn upgrade_to_2(conn: &Connection, path: &str) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let events: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
+    tracing::info!(
+        path,
+        events,
+        "upgrading the schema from version 1 to 2: copying the events table once"
+    );
+    let mode = conn.query_row("PRAGMA journal_mode = DELETE", [], |r| {
+        r.get::<_, String>(0)
+    });
+    if !mode
+        .as_deref()
+        .is_ok_and(|m| m.eq_ignore_ascii_case("delete"))
+    {
+        return Err(StoreError::Upgrade {
+            path: path.to_owned(),
+            reason: format!(
+                "cannot leave WAL mode for it ({}): close every other connection to the \
+                 file (a `sqlite3` session, say) and start again",
+                match mode {
+                    Ok(mode) => format!("journal_mode stayed {mode}"),
+                    Err(error) => error.to_string(),
+                }
+            ),
+        });
+    }
+    // Journal mode at NORMAL may corrupt the file on a power cut; FULL may not.
+    let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let copied = copy_events_to_2(conn);
+    let _wal: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    copied?;
+    tracing::info!(
+        path,
+        events,
+        seconds = started.elapsed().as_secs_f64(),
+        "schema upgraded to version 2"
+    );
+    Ok(())
+}
+
+/// The one transaction of [`upgrade_to_2`]; rolled back whole on any error.
+fn copy_events_to_2(conn: &Connection) -> Result<(), StoreError> {
+    const COLUMNS: &str = "seq, profile_event_id, profile_id, customer_user_id, event_type, \
+         canonical_type, event_datetime, received_at, environment, body";
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let steps = format!(
+        "DROP INDEX events_by_profile;
+         ALTER TABLE events RENAME TO events_v1;
+         {table}
+         INSERT INTO events ({COLUMNS}) SELECT {COLUMNS} FROM events_v1 ORDER BY seq;
+         DROP TABLE events_v1;
+         {index}
+         PRAGMA user_version = 2;",
+        table = schema_statement("CREATE TABLE events (", ") STRICT;"),
+        index = schema_statement("CREATE UNIQUE INDEX events_by_profile ", ";"),
+    );
+    if let Err(error) = conn.execute_batch(&steps) {
+        conn.execute_batch("ROLLBACK")?;
+        return Err(error.into());
+    }
+    conn.execute_batch("COMMIT")?;
+    Ok(())
+}
+
+/// The statement of [`SCHEMA`] that starts with `head`, through the first `end` after
+/// it: upgrades create what a new file gets, from the one text.
+fn schema_statement(head: &str, end: &str) -> &'static str {
+    let start = SCHEMA
+        .find(head)
+        .unwrap_or_else(|| panic!("schema.sql has no `{head}`"));
+    let length = SCHEMA[start..]
+        .find(end)
+        .unwrap_or_else(|| panic!("schema.sql's `{head}` does not end in `{end}`"));
+    &SCHEMA[start..start + length + end.len()]
 }
 
 pub(crate) fn time(text: Option<String>) -> Result<Option<Timestamp>, StoreError> {
@@ -536,7 +669,7 @@ mod tests {
     #[test]
     fn changes_after_stops_at_the_released_seq() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = open(&dir.path().join("e.db"), Synchronous::Normal).unwrap();
+        let (conn, _lock) = open(&dir.path().join("e.db"), Synchronous::Normal).unwrap();
         let now = Timestamp::from_micros(1_900_000_000_000_000);
         for active in [true, false, true] {
             record_change(
@@ -566,7 +699,7 @@ mod tests {
     #[test]
     fn a_new_file_gets_the_schema_and_the_durable_pragmas() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = open(&dir.path().join("e.db"), Synchronous::Full).unwrap();
+        let (conn, lock) = open(&dir.path().join("e.db"), Synchronous::Full).unwrap();
         let pragma = |name: &str| -> String {
             conn.query_row(&format!("PRAGMA {name}"), [], |r| {
                 r.get::<_, rusqlite::types::Value>(0)
@@ -583,9 +716,94 @@ mod tests {
             format!("Integer({APPLICATION_ID})")
         );
         assert_eq!(pragma("user_version"), format!("Integer({SCHEMA_VERSION})"));
-        drop(conn);
+        drop((conn, lock));
         // Opening again leaves it as it is.
         open(&dir.path().join("e.db"), Synchronous::Normal).unwrap();
+    }
+
+    /// An upgrade that fails part way leaves the file as it was: still version 1, every
+    /// object and row in place, so the next start can try again.
+    #[test]
+    fn a_failed_upgrade_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        let v1 = Connection::open(&path).unwrap();
+        v1.execute_batch(include_str!("../../tests/fixtures/schema-v1.sql"))
+            .unwrap();
+        v1.execute_batch(
+            "INSERT INTO events (profile_event_id, profile_id, event_type, event_datetime, \
+             received_at, body) VALUES ('e1', 'p1', 't', 'a', 'b', '{}');
+             CREATE TABLE events_v1 (x); -- someone's table, in the upgrade's way",
+        )
+        .unwrap();
+        let objects = |conn: &Connection| -> Vec<String> {
+            conn.prepare("SELECT type || ' ' || name || ' ' || ifnull(sql, '') FROM sqlite_schema ORDER BY name")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let before = objects(&v1);
+        assert!(before
+            .iter()
+            .any(|o| o.starts_with("index events_by_profile")));
+
+        let err = open(&path, Synchronous::Full).unwrap_err();
+        assert!(err.to_string().contains("events_v1"), "{err}");
+        assert_eq!(objects(&v1), before);
+        let version: i64 = v1
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 1);
+        let id: String = v1
+            .query_row("SELECT profile_event_id FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(id, "e1");
+    }
+
+    /// The upgrade leaves WAL mode, which another connection on the file prevents: it
+    /// stops with an error saying so and changes nothing; once that one closes, the
+    /// next open upgrades.
+    #[test]
+    fn an_upgrade_waits_for_other_connections_to_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        let other = Connection::open(&path).unwrap();
+        other
+            .execute_batch(include_str!("../../tests/fixtures/schema-v1.sql"))
+            .unwrap();
+        let _wal: String = other
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .unwrap();
+        other
+            .execute_batch(
+                "INSERT INTO events (profile_event_id, profile_id, event_type, \
+                 event_datetime, received_at, body) VALUES ('e1', 'p1', 't', 'a', 'b', '{}')",
+            )
+            .unwrap();
+
+        let err = open(&path, Synchronous::Full).unwrap_err();
+        assert!(matches!(err, StoreError::Upgrade { .. }), "{err}");
+        assert!(
+            err.to_string().contains("close every other connection"),
+            "{err}"
+        );
+        let version: i64 = other
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 1);
+
+        drop(other);
+        let (conn, _lock) = open(&path, Synchronous::Full).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
     }
 
     #[test]

@@ -510,7 +510,7 @@ fn ingest(
             "INSERT INTO events (profile_event_id, profile_id, customer_user_id, event_type, \
              canonical_type, event_datetime, received_at, environment, body) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
-             ON CONFLICT (profile_event_id) DO NOTHING",
+             ON CONFLICT (profile_id, profile_event_id) DO NOTHING",
         )?
         .execute(params![
             &*event.id,
@@ -723,13 +723,14 @@ mod tests {
                 .unwrap()
         };
         let path = dir.path().join("full.db");
-        let conn = crate::store::open(&path, Synchronous::Full).unwrap();
+        let (conn, _lock) = crate::store::open(&path, Synchronous::Full).unwrap();
         let flusher = Flusher::new(&conn, Arc::new(Index::new()), Arc::new(Status::new())).unwrap();
         assert_eq!(synchronous(&conn), 1); // NORMAL
         let wal = flusher.wal.expect("at FULL the sync thread syncs the WAL");
         assert_eq!(wal.path, dir.path().join("full.db-wal"));
 
-        let conn = crate::store::open(&dir.path().join("normal.db"), Synchronous::Normal).unwrap();
+        let (conn, _lock) =
+            crate::store::open(&dir.path().join("normal.db"), Synchronous::Normal).unwrap();
         let flusher = Flusher::new(&conn, Arc::new(Index::new()), Arc::new(Status::new())).unwrap();
         assert_eq!(synchronous(&conn), 1);
         assert!(flusher.wal.is_none());
@@ -749,7 +750,7 @@ mod tests {
                 .flatten()
         });
         let mut writer = Writer {
-            conn: crate::store::open(&path, Synchronous::Full).unwrap(),
+            conn: crate::store::open(&path, Synchronous::Full).unwrap().0,
             index: Arc::new(Index::new()),
             status: Arc::new(Status::new()),
             rules: Arc::new(Rules::default()),

@@ -416,7 +416,7 @@ async fn import_stores_once_counts_what_it_refused_and_a_daemon_answers_from_it(
     assert_eq!(stored, expected);
     // Byte for byte, as the endpoint stores.
     assert_eq!(
-        daemon.stored_body(&events[0].event_id()),
+        daemon.stored_body(&events[0].profile_id(), &events[0].event_id()),
         Some(events[0].0.to_string())
     );
     let dump = entitlements_dump(&daemon);

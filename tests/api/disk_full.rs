@@ -80,7 +80,9 @@ async fn a_full_disk_answers_503_keeps_reads_and_recovers_without_a_restart() {
             200 => {
                 answer.expect_stored(&event);
                 assert!(
-                    daemon.stored_body(&event.event_id()).is_some(),
+                    daemon
+                        .stored_body(&event.profile_id(), &event.event_id())
+                        .is_some(),
                     "200 on a full disk for an event that is not committed: {answer}"
                 );
                 acked.push(event);
@@ -204,7 +206,9 @@ async fn a_full_disk_keeps_readyz_at_503_until_an_event_is_stored_again() {
         }
         answer.expect_stored(&event);
         assert!(
-            daemon.stored_body(&event.event_id()).is_some(),
+            daemon
+                .stored_body(&event.profile_id(), &event.event_id())
+                .is_some(),
             "200 on a full disk for an event that is not committed: {answer}"
         );
     }

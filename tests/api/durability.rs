@@ -65,14 +65,17 @@ async fn a_restart_answers_the_same() {
         assert_eq!(&after, before, "{path} changed over a restart");
     }
     assert_eq!(daemon.events_count(), events_before);
-    // Dedup survives the restart.
-    let resp = daemon
-        .webhook(
-            &subscription_expired("prof-rs-1")
-                .id(&daemon.stored_ids().into_iter().next().expect("an id"))
-                .0,
-            None,
+    // Dedup survives the restart: an id this profile already has.
+    let stored_id: String = daemon
+        .sqlite()
+        .query_row(
+            "SELECT profile_event_id FROM events WHERE profile_id = 'prof-rs-1' LIMIT 1",
+            [],
+            |r| r.get(0),
         )
+        .expect("an event of prof-rs-1");
+    let resp = daemon
+        .webhook(&subscription_expired("prof-rs-1").id(&stored_id).0, None)
         .await;
     resp.expect(200);
     assert_eq!(resp.json["status"], json!("duplicate"), "{resp}");

@@ -347,13 +347,14 @@ impl Daemon {
         rows.map(|id| id.expect("an id")).collect()
     }
 
-    /// The stored body of one event, if stored.
-    pub fn stored_body(&self, profile_event_id: &str) -> Option<String> {
+    /// The stored body of one event of a profile, if stored (events are unique by
+    /// `(profile_id, profile_event_id)`).
+    pub fn stored_body(&self, profile_id: &str, profile_event_id: &str) -> Option<String> {
         use rusqlite::OptionalExtension;
         self.sqlite()
             .query_row(
-                "SELECT body FROM events WHERE profile_event_id = ?1",
-                [profile_event_id],
+                "SELECT body FROM events WHERE profile_id = ?1 AND profile_event_id = ?2",
+                [profile_id, profile_event_id],
                 |row| row.get(0),
             )
             .optional()

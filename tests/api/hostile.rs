@@ -683,7 +683,7 @@ fn webhook_property(cases: u32) {
                 prop_assert_eq!(resp.status, 200, "{}", resp);
                 let id = received.event.id.to_string();
                 prop_assert_eq!(&resp.json["profile_event_id"], &json!(id), "{}", resp);
-                let stored = daemon.stored_body(&id);
+                let stored = daemon.stored_body(&received.event.profile_id, &id);
                 prop_assert!(stored.is_some(), "acknowledged {id:?} is not in the table");
                 match resp.json["status"].as_str() {
                     Some("stored") => {

@@ -23,6 +23,7 @@ mod malformed;
 mod operations;
 mod ordering;
 mod overload;
+mod schema;
 mod security;
 mod upgrade;
 mod users;

@@ -41,9 +41,21 @@ async fn the_same_profile_event_id_twice_is_a_duplicate_and_changes_nothing() {
     assert_eq!(daemon.events_count(), 1);
     // The stored body is the first one, byte for byte.
     assert_eq!(
-        daemon.stored_body(&started.event_id()).as_deref(),
+        daemon
+            .stored_body("prof-dup-1", &started.event_id())
+            .as_deref(),
         Some(started.0.to_string().as_str())
     );
+    // The same id on another profile is not this event sent again (Adapty's ids are
+    // unique, and an event never changes profile): it is that profile's event.
+    let elsewhere = started
+        .clone()
+        .top("profile_id", json!("prof-dup-2"))
+        .prop("profile_id", json!("prof-dup-2"));
+    daemon.store(&elsewhere).await;
+    assert!(daemon.active("prof-dup-2", "premium").await);
+    assert_eq!(daemon.events_count(), 2);
+    assert_eq!(without_clock(daemon.profile("prof-dup-1").await), before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,7 +85,7 @@ async fn an_event_without_profile_event_id_is_keyed_by_its_body_hash() {
     );
     assert!(daemon.active("prof-hash-1", "premium").await);
     assert_eq!(daemon.events_count(), 1);
-    assert_eq!(daemon.stored_body(&want), Some(body));
+    assert_eq!(daemon.stored_body("prof-hash-1", &want), Some(body));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
