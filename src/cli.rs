@@ -203,7 +203,7 @@ pub fn access(args: AccessArgs) -> Result<(), CliError> {
         (None, None) => (Vec::new(), None),
     };
     let index = match args.at {
-        Some(at) => history::index_as_of(&conn, &profile_ids, at, &rules, &decode)?,
+        Some(at) => history::index_as_of(&conn, &profile_ids, at, i64::MAX, &rules, &decode)?,
         None => history::index_now(&conn, &profile_ids)?,
     };
     let answer = match user {
@@ -302,7 +302,7 @@ pub fn events(args: EventsArgs) -> Result<(), CliError> {
     let conn = store::open_read_only(&args.db)?;
     let names = args.projection.event_names.clone();
     let decode = move |body: &str| adapty::decode_stored(body, &names);
-    let logged = history::profile_events(&conn, &args.profile_id, &decode)?;
+    let logged = history::profile_events(&conn, &args.profile_id, i64::MAX, &decode)?;
     let explained = access::explain_profile(
         &args.profile_id,
         &logged,

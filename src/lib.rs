@@ -236,6 +236,7 @@ fn warm(
     // cursor: without it, a restarted daemon would answer "nothing new" until the
     // next change.
     status.record_change(store::newest_change(conn)?);
+    status.release_events(store::newest_event(conn)?);
     // Small chunks: profiles in flight are freed after warm-up but their memory stays
     // with the process (10,000-row chunks left ~10 MB more resident on 100k profiles).
     const CHUNK: usize = 1_000;

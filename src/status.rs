@@ -14,6 +14,8 @@ pub struct Status {
     newest_received: AtomicI64,
     /// The newest committed `access_changes.seq`: long-polls wait on it.
     newest_change: watch::Sender<i64>,
+    /// The newest `events.seq` synced and answered: what reads of the log may show.
+    released_event: AtomicI64,
 }
 
 impl Default for Status {
@@ -24,6 +26,7 @@ impl Default for Status {
             store_failure: Mutex::new(None),
             newest_received: AtomicI64::new(0),
             newest_change: watch::Sender::new(0),
+            released_event: AtomicI64::new(0),
         }
     }
 }
@@ -40,6 +43,16 @@ impl Status {
             *newest = (*newest).max(seq);
             newer
         });
+    }
+
+    /// Events up to `seq` are on disk and answered.
+    pub fn release_events(&self, seq: i64) {
+        self.released_event.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    /// The newest `events.seq` on disk and answered (0: none).
+    pub fn released_event(&self) -> i64 {
+        self.released_event.load(Ordering::Acquire)
     }
 
     /// Wakes when a change newer than the one seen is committed.

@@ -457,10 +457,11 @@ pub async fn explain(
     let db = state.db_path.clone();
     let (rules, names) = (state.rules.clone(), state.event_names.clone());
     let id = profile_id.clone();
+    let up_to = state.status.released_event();
     let answer = web::block(move || {
         let conn = store::open_read_only(&db)?;
         let decode = move |body: &str| adapty::decode_stored(body, &names);
-        let logged = history::profile_events(&conn, &id, &decode)?;
+        let logged = history::profile_events(&conn, &id, up_to, &decode)?;
         Ok::<_, store::StoreError>(explain_profile(&id, &logged, &rules, Timestamp::now()))
     })
     .await
@@ -571,10 +572,11 @@ async fn as_of(
 ) -> Result<Index, ApiError> {
     let db = state.db_path.clone();
     let (rules, names) = (state.rules.clone(), state.event_names.clone());
+    let up_to = state.status.released_event();
     web::block(move || {
         let conn = store::open_read_only(&db)?;
         let decode = move |body: &str| adapty::decode_stored(body, &names);
-        history::index_as_of(&conn, &profile_ids, at, &rules, &decode)
+        history::index_as_of(&conn, &profile_ids, at, up_to, &rules, &decode)
     })
     .await
     .map_err(|e| ApiError::store_unavailable(&e))?

@@ -19,16 +19,21 @@ pub struct LoggedEvent {
     pub event: Event,
 }
 
-/// Every stored event of a profile, in arrival order.
+/// Every stored event of a profile up to `seq` `up_to`, in arrival order. The daemon
+/// passes the newest event it has synced and answered ([`crate::status::Status`]):
+/// a read connection also sees commits still waiting for their `fdatasync`, which a
+/// power cut could take back. Tools pass `i64::MAX`.
 pub fn profile_events(
     conn: &Connection,
     profile_id: &str,
+    up_to: i64,
     decode: &Decode,
 ) -> Result<Vec<LoggedEvent>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, event_type, received_at, body FROM events WHERE profile_id = ?1 ORDER BY seq",
+        "SELECT seq, event_type, received_at, body FROM events \
+         WHERE profile_id = ?1 AND seq <= ?2 ORDER BY seq",
     )?;
-    let mut rows = stmt.query(params![profile_id])?;
+    let mut rows = stmt.query(params![profile_id, up_to])?;
     let mut events = Vec::new();
     while let Some(row) = rows.next()? {
         let seq: i64 = row.get(0)?;
@@ -91,17 +96,19 @@ pub fn index_now(conn: &Connection, profile_ids: &[String]) -> Result<Index, Sto
 }
 
 /// An index of these profiles as of `at`: what the events with `event_datetime` up to
-/// `at` said (the customer_user_id too), to be evaluated at `at`.
+/// `at` (and `seq` up to `up_to`, as [`profile_events`]) said, the customer_user_id
+/// too, to be evaluated at `at`.
 pub fn index_as_of(
     conn: &Connection,
     profile_ids: &[String],
     at: Timestamp,
+    up_to: i64,
     rules: &Rules,
     decode: &Decode,
 ) -> Result<Index, StoreError> {
     let index = Index::new();
     for profile_id in profile_ids {
-        let events: Vec<Event> = profile_events(conn, profile_id, decode)?
+        let events: Vec<Event> = profile_events(conn, profile_id, up_to, decode)?
             .into_iter()
             .map(|logged| logged.event)
             .filter(|event| event.event_datetime <= at)

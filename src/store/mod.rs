@@ -480,6 +480,11 @@ pub fn newest_change(conn: &Connection) -> Result<i64, StoreError> {
     )?)
 }
 
+/// The newest `events.seq` (0: none).
+pub fn newest_event(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?)
+}
+
 /// The levels whose effective access the clock has flipped since the feed last said:
 /// reported active but past `expires_at`, or reported inactive but past `starts_at`.
 pub fn due_for_clock(conn: &Connection, now: Timestamp) -> Result<Vec<EntitlementRow>, StoreError> {

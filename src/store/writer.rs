@@ -444,6 +444,9 @@ impl Flusher {
                 if let Some(seq) = effects.newest_change {
                     self.status.record_change(seq);
                 }
+                if let Some(seq) = effects.newest_event {
+                    self.status.release_events(seq);
+                }
                 if size > 0 {
                     tracing::debug!(
                         size,
@@ -485,12 +488,14 @@ impl Flusher {
 struct Effects {
     index: Vec<Change>,
     newest_change: Option<i64>,
+    newest_event: Option<i64>,
 }
 
 impl Effects {
     fn absorb(&mut self, other: Effects) {
         self.index.extend(other.index);
         self.newest_change = self.newest_change.max(other.newest_change);
+        self.newest_event = self.newest_event.max(other.newest_event);
     }
 }
 
@@ -526,6 +531,7 @@ fn ingest(
     if inserted == 0 {
         return Ok(Outcome::Duplicate);
     }
+    effects.newest_event = Some(conn.last_insert_rowid());
     record_profile(conn, event, &mut effects.index)?;
     let (Some(level), Some(event_type)) = (rules.level_of(event), event.event_type) else {
         return Ok(Outcome::Ignored);
