@@ -18,9 +18,14 @@ pub enum ApiError {
     /// 400, not 413: Adapty retries a 413, and a body this large will not shrink.
     #[error("the body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
-    /// 400: the connection broke or timed out before the body was complete.
+    /// 400: the connection broke off mid-body, or its framing is corrupt. A sender
+    /// that hung up hears no answer (and retries); a corrupt body stays corrupt.
     #[error("the body could not be read: {0}")]
     UnreadableBody(String),
+    /// 503: the body did not arrive in time on a live connection. That is the delivery
+    /// stalling, not the event: Adapty retries, and the retry is read afresh.
+    #[error("the body did not arrive in time: {0}")]
+    BodyTimeout(String),
     /// 400: a query string or path the route cannot read.
     #[error("{0}")]
     BadRequest(String),
@@ -51,6 +56,7 @@ impl ApiError {
             ApiError::Malformed(e) => e.code(),
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::UnreadableBody(_) => "unreadable_body",
+            ApiError::BodyTimeout(_) => "body_timeout",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized => "unauthorized",
             ApiError::SandboxTokenForProduction => "sandbox_token_for_production",
@@ -84,9 +90,10 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::SandboxTokenForProduction => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::NotReady(_) | ApiError::Saturated | ApiError::StoreUnavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::BodyTimeout(_)
+            | ApiError::NotReady(_)
+            | ApiError::Saturated
+            | ApiError::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -110,8 +117,8 @@ impl ResponseError for ApiError {
 pub struct ErrorBody {
     /// A stable machine code: `invalid_json`, `not_an_object`, `missing_field`,
     /// `invalid_field`, `body_too_large`, `unreadable_body`, `bad_request`,
-    /// `unauthorized`, `sandbox_token_for_production`, `not_found`, `not_ready`,
-    /// `saturated`, `store_unavailable`.
+    /// `unauthorized`, `sandbox_token_for_production`, `not_found`, `body_timeout`,
+    /// `not_ready`, `saturated`, `store_unavailable`.
     pub error: &'static str,
     /// For people; a 503 from the store carries a reference that is also in the log.
     pub message: String,

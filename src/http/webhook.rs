@@ -18,10 +18,12 @@ use utoipa::ToSchema;
 
 /// Adapty's bodies are a few KB; this leaves room for large attribution blocks.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
-/// Adapty gives up after 10 s; past this we answer 503 ourselves so it retries.
+/// Adapty gives up after 10 s; past this (counted from the request's arrival, body
+/// included) we answer 503 ourselves so it retries.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(8);
-/// A body that takes longer than this to arrive is refused: a slow-drip client must
-/// not hold a connection (and memory) for as long as it likes.
+/// A body that takes longer than this to arrive is cut off with a 503: a slow-drip
+/// client must not hold a connection (and memory) for as long as it likes, and Adapty
+/// retries a delivery that stalled.
 pub const BODY_WITHIN: Duration = Duration::from_secs(5);
 
 /// The answer to an event.
@@ -45,7 +47,7 @@ pub struct EventAnswer {
         (status = 400, description = "Never processable: Adapty does not retry", body = ErrorBody),
         (status = 401, description = "Missing or wrong Authorization", body = ErrorBody),
         (status = 403, description = "The sandbox token with a Production event", body = ErrorBody),
-        (status = 503, description = "Transient: Adapty retries", body = ErrorBody)
+        (status = 503, description = "Transient (a body that stalled, a busy or failing store): Adapty retries", body = ErrorBody)
     ),
     security((), ("webhook_token" = []))
 )]
@@ -71,10 +73,11 @@ async fn handle(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<(HttpResponse, &'static str), ApiError> {
+    let deadline = tokio::time::Instant::now() + ANSWER_WITHIN;
     let caller = state.webhook_auth.check(&request)?;
     let body = tokio::time::timeout(BODY_WITHIN, read_body(&request, payload))
         .await
-        .map_err(|_| ApiError::UnreadableBody(format!("not complete within {BODY_WITHIN:?}")))??;
+        .map_err(|_| ApiError::BodyTimeout(format!("not complete within {BODY_WITHIN:?}")))??;
     let received = match adapty::parse(&body, &state.event_names)? {
         Webhook::Verification {
             adapty_check: Some(check),
@@ -99,7 +102,6 @@ async fn handle(
         return Err(ApiError::NotReady("the index is warming".into()));
     }
     let id = received.event.id.to_string();
-    let deadline = tokio::time::Instant::now() + ANSWER_WITHIN;
     let answer = state
         .writer
         .send(received, deadline)

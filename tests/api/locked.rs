@@ -4,6 +4,9 @@
 //!   timeout: webhooks wait, then answer 503 with `Retry-After` within Adapty's 10 s;
 //!   lookups go on answering 200 from memory meanwhile; nothing refused is visible;
 //!   once the lock goes, the retries are stored (exactly once) with no restart;
+//! - the 8 s within which a webhook is answered count from its first byte: a body
+//!   that takes 4.5 s to arrive while the writer is locked out is still answered (503)
+//!   in time;
 //! - a write lock shorter than the busy timeout only delays webhooks: every one is
 //!   stored and answered 200;
 //! - a long read transaction does not block ingestion at all (WAL), not even when the
@@ -303,6 +306,46 @@ async fn a_long_read_transaction_does_not_block_ingestion() {
     assert_eq!(integrity, "ok");
     assert!(daemon.active("read-7-59", "premium").await);
     daemon.get("/readyz").await.expect(200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_answer_deadline_counts_the_time_the_body_took() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let daemon = Daemon::start(&[]);
+    daemon.store(&subscription_started("lock-slow-0")).await;
+    let lock = hold_write_lock(&daemon.db());
+    let body = subscription_started("lock-slow-1")
+        .0
+        .to_string()
+        .into_bytes();
+    let head = format!(
+        "POST /webhooks/adapty HTTP/1.1\r\nhost: entitled\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let started = Instant::now();
+    let addr = daemon.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("a connection");
+    stream.write_all(head.as_bytes()).await.expect("the head");
+    // The body in ten pieces over 4.5 s: within the 5 s a body may take.
+    for piece in body.chunks(body.len().div_ceil(10)) {
+        tokio::time::sleep(StdDuration::from_millis(450)).await;
+        stream.write_all(piece).await.expect("a piece of the body");
+    }
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("an answer");
+    let took = started.elapsed();
+    drop(lock);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    // 8 s from the first byte, and a second for a loaded machine. Counted from the
+    // body's last byte, it would be 4.5 s + the writer's 5 s busy timeout.
+    assert!(
+        took < StdDuration::from_secs(9),
+        "answered after {took:?}: {answer}"
+    );
+    assert!(took < ADAPTY_WAITS);
 }
 
 /// A second connection holding `BEGIN IMMEDIATE` on the daemon's file until dropped

@@ -3,10 +3,10 @@
 //!
 //! - Slow drips, over raw sockets: clients that send a request head a byte at a time,
 //!   clients that send a valid event's body slower than `BODY_WITHIN` (5 s) allows, and
-//!   clients that connect and send nothing, all at once. Each is cut off (answered 408
-//!   or 400, or its connection closed) before it finishes, within a coarse bound; the
-//!   slow event is not stored; meanwhile lookups from another client keep answering 200
-//!   and an honest webhook is stored.
+//!   clients that connect and send nothing, all at once. Each is cut off (answered 408,
+//!   or 503 for the body, or its connection closed) before it finishes, within a coarse
+//!   bound; the slow event is not stored; meanwhile lookups from another client keep
+//!   answering 200 and an honest webhook is stored.
 //! - A burst of 2,000 concurrent webhooks, each a distinct event, with lookups running
 //!   during it: every webhook is answered, 2xx or 503 (with `Retry-After`) and nothing
 //!   else, within a coarse bound; every 2xx'd event is in the `events` table with its
@@ -232,7 +232,7 @@ async fn slow_drip_clients_are_cut_off_while_lookups_answer() {
         let cut_short = d.sent < d.total || d.what == "a silent client";
         let refused = match (d.what, d.status) {
             (_, None) => true,
-            ("a slow body", Some(400)) => d.answer.contains("\"error\":\"unreadable_body\""),
+            ("a slow body", Some(503)) => d.answer.contains("\"error\":\"body_timeout\""),
             (_, Some(408)) => true,
             _ => false,
         };
