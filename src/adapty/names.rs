@@ -3,13 +3,15 @@
 use crate::projection::EventType;
 use std::collections::HashMap;
 
-/// Names older Adapty documentation used for today's canonical types.
-const LEGACY: [(&str, EventType); 5] = [
+/// Names older Adapty documentation used for today's canonical types (it spells the
+/// cancelled one both ways).
+const LEGACY: [(&str, EventType); 6] = [
     (
         "subscription_initial_purchase",
         EventType::SubscriptionStarted,
     ),
     ("subscription_cancelled", EventType::SubscriptionExpired),
+    ("subscription_canceled", EventType::SubscriptionExpired),
     ("trial_cancelled", EventType::TrialExpired),
     ("auto_renew_off", EventType::TrialRenewalCancelled),
     (
@@ -19,9 +21,12 @@ const LEGACY: [(&str, EventType); 5] = [
 ];
 
 /// Resolves a received `event_type` to a canonical type. Users may rename any event
-/// in Adapty's dashboard; `--event-names custom=canonical,...` maps those back.
+/// in Adapty's dashboard; `--event-names custom=canonical,...` maps those back. Every
+/// name matches without regard to ASCII case or surrounding spaces, the custom ones as
+/// the built-in ones: Adapty sends the dashboard's names in lowercase.
 #[derive(Clone, Debug, Default)]
 pub struct EventNames {
+    /// Keyed by the trimmed, lowercased name.
     custom: HashMap<String, EventType>,
 }
 
@@ -38,7 +43,7 @@ impl EventNames {
                     EventType::ALL.map(EventType::name).join(", ")
                 ));
             };
-            if custom.insert(name.to_owned(), canonical).is_some() {
+            if custom.insert(normalized(name), canonical).is_some() {
                 return Err(format!("'{name}' is mapped twice"));
             }
         }
@@ -47,11 +52,19 @@ impl EventNames {
 
     /// `None`: a name nothing knows; such events are stored and change no access.
     pub fn resolve(&self, received: &str) -> Option<EventType> {
+        if self.custom.is_empty() {
+            return builtin(received);
+        }
         self.custom
             .get(received)
+            .or_else(|| self.custom.get(&normalized(received)))
             .copied()
             .or_else(|| builtin(received))
     }
+}
+
+fn normalized(name: &str) -> String {
+    name.trim().to_ascii_lowercase()
 }
 
 fn builtin(name: &str) -> Option<EventType> {
@@ -87,10 +100,33 @@ mod tests {
             Some(EventType::SubscriptionStarted)
         );
         assert_eq!(
+            names.resolve("subscription_canceled"),
+            Some(EventType::SubscriptionExpired)
+        );
+        assert_eq!(
             names.resolve("my_renewal"),
             Some(EventType::SubscriptionRenewed)
         );
         assert_eq!(names.resolve("something_new"), None);
+    }
+
+    /// A name given as the dashboard shows it matches what Adapty sends, lowercased.
+    #[test]
+    fn custom_names_match_regardless_of_case_and_spaces() {
+        let names = EventNames::new([("PremiumBought", "subscription_started")]).unwrap();
+        for received in ["premiumbought", "PremiumBought", " PREMIUMBOUGHT "] {
+            assert_eq!(
+                names.resolve(received),
+                Some(EventType::SubscriptionStarted),
+                "{received:?}"
+            );
+        }
+        let err = EventNames::new([
+            ("renamed", "subscription_started"),
+            ("Renamed", "subscription_renewed"),
+        ])
+        .unwrap_err();
+        assert!(err.contains("mapped twice"), "{err}");
     }
 
     #[test]
