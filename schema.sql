@@ -82,8 +82,11 @@ CREATE TABLE entitlements (
 -- For the timer that reports expiries: the levels the feed calls active, by end.
 CREATE INDEX entitlements_reported_by_expiry ON entitlements (expires_at)
     WHERE reported_active = 1 AND is_lifetime = 0 AND expires_at IS NOT NULL;
--- And the ones it calls inactive that have a start ahead.
-CREATE INDEX entitlements_unreported_by_start ON entitlements (starts_at)
+-- And the ones it calls inactive that have a start, by end: the timer reads those not
+-- yet ended, so a level that started and ended with no event to say so (which stays
+-- is_active = 1) is not read again at every tick for ever (version 1 keyed this on
+-- starts_at, and did).
+CREATE INDEX entitlements_unreported_by_end ON entitlements (is_lifetime, expires_at)
     WHERE reported_active = 0 AND is_active = 1 AND starts_at IS NOT NULL;
 
 -- The change feed: every time a level's effective access flipped, in order. `seq` is

@@ -180,7 +180,8 @@ fn migrate(conn: &Connection, path: &str) -> Result<(), StoreError> {
 }
 
 /// Version 1 → 2: `events` deduplicates on `(profile_id, profile_event_id)`, one index
-/// where version 1 had a unique `profile_event_id` and `(profile_id, event_datetime)`.
+/// where version 1 had a unique `profile_event_id` and `(profile_id, event_datetime)`;
+/// and the clock's index of levels waiting for their start is keyed by their end.
 /// The column's `UNIQUE` is an index SQLite drops only with its table, so the rows are
 /// copied into a new `events` (same columns, same `seq`s) in one transaction: a crash
 /// leaves version 1 as it was.
@@ -248,9 +249,12 @@ fn copy_events_to_2(conn: &Connection) -> Result<(), StoreError> {
          INSERT INTO events ({COLUMNS}) SELECT {COLUMNS} FROM events_v1 ORDER BY seq;
          DROP TABLE events_v1;
          {index}
+         DROP INDEX entitlements_unreported_by_start;
+         {by_end}
          PRAGMA user_version = 2;",
         table = schema_statement("CREATE TABLE events (", ") STRICT;"),
         index = schema_statement("CREATE UNIQUE INDEX events_by_profile ", ";"),
+        by_end = schema_statement("CREATE INDEX entitlements_unreported_by_end ", ";"),
     );
     if let Err(error) = conn.execute_batch(&steps) {
         conn.execute_batch("ROLLBACK")?;
@@ -486,16 +490,11 @@ pub fn newest_event(conn: &Connection) -> Result<i64, StoreError> {
 }
 
 /// The levels whose effective access the clock has flipped since the feed last said:
-/// reported active but past `expires_at`, or reported inactive but past `starts_at`.
+/// reported active but past `expires_at`, or reported inactive but past `starts_at`
+/// and not yet ended. Each part is a range of a partial index (schema.sql), so a tick
+/// reads the levels due and the few with a start ahead, not every level ever ended.
 pub fn due_for_clock(conn: &Connection, now: Timestamp) -> Result<Vec<EntitlementRow>, StoreError> {
-    let sql = format!(
-        "SELECT {ENTITLEMENT_COLUMNS} FROM entitlements \
-         WHERE reported_active = 1 AND is_lifetime = 0 AND expires_at IS NOT NULL AND expires_at <= ?1 \
-         UNION ALL \
-         SELECT {ENTITLEMENT_COLUMNS} FROM entitlements \
-         WHERE reported_active = 0 AND is_active = 1 AND starts_at IS NOT NULL AND starts_at <= ?1"
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut stmt = conn.prepare_cached(&due_for_clock_sql())?;
     let mut rows = stmt.query(params![now.to_rfc3339()])?;
     let mut due = Vec::new();
     while let Some(row) = rows.next()? {
@@ -505,6 +504,27 @@ pub fn due_for_clock(conn: &Connection, now: Timestamp) -> Result<Vec<Entitlemen
         }
     }
     Ok(due)
+}
+
+/// The query of [`due_for_clock`] (`?1`: now).
+fn due_for_clock_sql() -> String {
+    format!(
+        "SELECT {ENTITLEMENT_COLUMNS} FROM entitlements \
+         WHERE reported_active = 1 AND is_lifetime = 0 AND expires_at IS NOT NULL \
+         AND expires_at <= ?1 \
+         UNION ALL \
+         SELECT {ENTITLEMENT_COLUMNS} FROM entitlements \
+         WHERE reported_active = 0 AND is_active = 1 AND starts_at IS NOT NULL \
+         AND starts_at <= ?1 AND is_lifetime = 0 AND expires_at > ?1 \
+         UNION ALL \
+         SELECT {ENTITLEMENT_COLUMNS} FROM entitlements \
+         WHERE reported_active = 0 AND is_active = 1 AND starts_at IS NOT NULL \
+         AND starts_at <= ?1 AND is_lifetime = 0 AND expires_at IS NULL \
+         UNION ALL \
+         SELECT {ENTITLEMENT_COLUMNS} FROM entitlements \
+         WHERE reported_active = 0 AND is_active = 1 AND starts_at IS NOT NULL \
+         AND starts_at <= ?1 AND is_lifetime = 1"
+    )
 }
 
 /// Sets what the feed last said of a level.
@@ -809,6 +829,32 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    /// The clock's query reads ranges of partial indexes, never a whole table, and a
+    /// level that started and then ended with no event (it stays `is_active = 1`) is
+    /// outside the range it reads for starts.
+    #[test]
+    fn the_clock_reads_only_index_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, _lock) = open(&dir.path().join("e.db"), Synchronous::Normal).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", due_for_clock_sql()))
+            .unwrap()
+            .query_map([Timestamp::from_micros(0).to_rfc3339()], |r| r.get(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let searches: Vec<&String> = plan.iter().filter(|d| d.starts_with("SEARCH")).collect();
+        assert!(plan.iter().all(|d| !d.starts_with("SCAN")), "{plan:#?}");
+        assert_eq!(searches.len(), 4, "{plan:#?}");
+        assert!(
+            searches
+                .iter()
+                .any(|d| d.contains("entitlements_unreported_by_end")
+                    && d.contains("is_lifetime=? AND expires_at>?")),
+            "{plan:#?}"
+        );
     }
 
     #[test]

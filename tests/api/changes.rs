@@ -240,6 +240,48 @@ async fn an_expiry_by_the_clock_reports_expired_with_no_event() {
     assert_eq!(table(&daemon).len(), 2);
 }
 
+/// A level granted with a start ahead is reported by the clock when it starts; one
+/// whose start and end have both passed (it started and ended with no event) is never
+/// reported, however many ticks go by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_by_the_clock_reports_started_and_a_past_window_nothing() {
+    let daemon = Daemon::start(&[]);
+    let t = now();
+    let starts = t + secs(3);
+    daemon
+        .store_all(&[
+            access_level_updated("prof-cf-start", "premium", true, Some(t + days(30)))
+                .prop("starts_at", json!(adapty_time(starts)))
+                .at(t - minutes(1)),
+            access_level_updated("prof-cf-past", "premium", true, Some(t - days(1)))
+                .prop("starts_at", json!(adapty_time(t - days(31))))
+                .at(t - days(31)),
+        ])
+        .await;
+    assert!(changes_after(&daemon, 0).await.is_empty());
+    assert!(!daemon.active("prof-cf-start", "premium").await);
+
+    let reported = poll_until(
+        StdDuration::from_secs(20),
+        StdDuration::from_millis(200),
+        || async { !changes_after(&daemon, 0).await.is_empty() },
+    )
+    .await;
+    assert!(reported, "no change within 20 s of a 3 s start");
+    assert!(chrono::Utc::now() >= starts, "reported before {starts}");
+    let started = changes_after(&daemon, 0).await;
+    assert_eq!(started.len(), 1, "{started:?}");
+    let change = &started[0];
+    assert_eq!(change["profile_id"], json!("prof-cf-start"), "{change}");
+    assert_eq!(change["active"], json!(true), "{change}");
+    assert_eq!(change["reason"], json!("started"), "{change}");
+    assert!(daemon.active("prof-cf-start", "premium").await);
+
+    // Two more ticks say nothing of either.
+    let later = feed(&daemon, seq(change), None, Some(2)).await;
+    assert_eq!(later, json!({"changes": [], "next_after": seq(change)}));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cursor_pages_through_every_change_in_order() {
     let daemon = Daemon::start(&[]);
