@@ -72,16 +72,25 @@ pub fn ensure_dataset(bin: &Path, data_dir: &Path, profiles: u64) -> Result<(Pat
 pub fn warm_os_cache(db: &Path) -> Result<Duration> {
     let started = Instant::now();
     let conn = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    for sql in [
-        "SELECT count(*) FROM events INDEXED BY sqlite_autoindex_events_1",
-        "SELECT count(*) FROM events INDEXED BY events_by_profile",
-        "SELECT count(*) FROM profiles NOT INDEXED",
-        "SELECT count(*) FROM profiles INDEXED BY profiles_by_customer_user_id \
+    // The indexes of `events` as the schema has them (version 1 had two, 2 has one).
+    let event_indexes: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'events'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let by_index = event_indexes
+        .iter()
+        .map(|name| format!("SELECT count(*) FROM events INDEXED BY {name}"));
+    for sql in by_index.chain(
+        [
+            "SELECT count(*) FROM profiles NOT INDEXED",
+            "SELECT count(*) FROM profiles INDEXED BY profiles_by_customer_user_id \
          WHERE customer_user_id IS NOT NULL",
-        "SELECT count(*) FROM entitlements NOT INDEXED",
-        "SELECT count(*) FROM access_changes NOT INDEXED",
-    ] {
-        let _: i64 = conn.query_row(sql, [], |r| r.get(0))?;
+            "SELECT count(*) FROM entitlements NOT INDEXED",
+            "SELECT count(*) FROM access_changes NOT INDEXED",
+        ]
+        .map(String::from),
+    ) {
+        let _: i64 = conn.query_row(&sql, [], |r| r.get(0))?;
     }
     Ok(started.elapsed())
 }
