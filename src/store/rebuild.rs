@@ -103,6 +103,26 @@ pub fn rebuild(
     summary.removed += orphans.unsigned_abs();
     summary.retyped = retype.len() as u64;
     if write {
+        // The feed said these grant access: it must hear that they no longer do.
+        let reported: Vec<(String, String, Option<String>)> = tx
+            .prepare(
+                "SELECT profile_id, access_level_id, expires_at FROM entitlements \
+                 WHERE reported_active = 1 AND profile_id NOT IN (SELECT profile_id FROM events)",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        for (profile_id, level, expires_at) in reported {
+            let expires_at = super::time(expires_at)?;
+            record_change(
+                &tx,
+                &profile_id,
+                &level,
+                false,
+                ChangeReason::Rebuild,
+                expires_at,
+                now,
+            )?;
+        }
         tx.execute(
             "DELETE FROM entitlements WHERE profile_id NOT IN (SELECT profile_id FROM events)",
             [],
@@ -196,4 +216,60 @@ fn reconcile(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Synchronous;
+    use crate::projection::AccessWindow;
+
+    /// Rows of a profile with no events (made by hand) go, and the feed hears that the
+    /// one it called active no longer is, as for any level a rebuild removes.
+    #[test]
+    fn hand_made_rows_go_and_the_feed_hears_of_the_active_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut conn, _lock) =
+            super::super::open(&dir.path().join("e.db"), Synchronous::Normal).unwrap();
+        let now = Timestamp::from_micros(1_900_000_000_000_000);
+        let ends = Timestamp::from_micros(1_900_100_000_000_000);
+        let entitlement = Entitlement {
+            window: AccessWindow {
+                is_active: true,
+                is_lifetime: false,
+                expires_at: Some(ends),
+                starts_at: None,
+            },
+            will_renew: true,
+            in_grace_period: false,
+            is_refund: false,
+            store: None,
+            vendor_product_id: None,
+            environment: None,
+            last_event_id: Arc::from("e-1"),
+            last_event_type: crate::projection::EventType::SubscriptionStarted,
+            last_event_at: now,
+        };
+        save_entitlement(&conn, "by-hand", "premium", &entitlement, true).unwrap();
+        save_entitlement(&conn, "by-hand", "gold", &entitlement, false).unwrap();
+
+        let decode = |_: &str| None;
+        let summary = rebuild(&mut conn, &Rules::default(), &decode, true, now).unwrap();
+        assert_eq!(summary.removed, 2);
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM entitlements", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0);
+        let changes = super::super::changes_after(&conn, 0, i64::MAX, 10).unwrap();
+        assert_eq!(
+            changes.len(),
+            1,
+            "one change, for the level reported active"
+        );
+        assert_eq!(changes[0].profile_id, "by-hand");
+        assert_eq!(changes[0].access_level_id, "premium");
+        assert!(!changes[0].active);
+        assert_eq!(changes[0].reason, "rebuild");
+        assert_eq!(changes[0].expires_at.as_deref(), Some(&*ends.to_rfc3339()));
+    }
 }
