@@ -746,21 +746,34 @@ mod tests {
         open(&dir.path().join("e.db"), Synchronous::Normal).unwrap();
     }
 
+    /// A file as version 1 of the schema made it, with one event, on a connection that
+    /// stays open.
+    fn version_1_file(path: &Path) -> Connection {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(include_str!("../../tests/fixtures/schema-v1.sql"))
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO events (profile_event_id, profile_id, event_type, event_datetime, \
+             received_at, body) VALUES ('e1', 'p1', 't', 'a', 'b', '{}')",
+        )
+        .unwrap();
+        conn
+    }
+
+    fn user_version(conn: &Connection) -> i64 {
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    }
+
     /// An upgrade that fails part way leaves the file as it was: still version 1, every
     /// object and row in place, so the next start can try again.
     #[test]
     fn a_failed_upgrade_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v1.db");
-        let v1 = Connection::open(&path).unwrap();
-        v1.execute_batch(include_str!("../../tests/fixtures/schema-v1.sql"))
+        let v1 = version_1_file(&path);
+        v1.execute_batch("CREATE TABLE events_v1 (x); -- someone's table, in the upgrade's way")
             .unwrap();
-        v1.execute_batch(
-            "INSERT INTO events (profile_event_id, profile_id, event_type, event_datetime, \
-             received_at, body) VALUES ('e1', 'p1', 't', 'a', 'b', '{}');
-             CREATE TABLE events_v1 (x); -- someone's table, in the upgrade's way",
-        )
-        .unwrap();
         let objects = |conn: &Connection| -> Vec<String> {
             conn.prepare("SELECT type || ' ' || name || ' ' || ifnull(sql, '') FROM sqlite_schema ORDER BY name")
                 .unwrap()
@@ -777,10 +790,7 @@ mod tests {
         let err = open(&path, Synchronous::Full).unwrap_err();
         assert!(err.to_string().contains("events_v1"), "{err}");
         assert_eq!(objects(&v1), before);
-        let version: i64 = v1
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, 1);
+        assert_eq!(user_version(&v1), 1);
         let id: String = v1
             .query_row("SELECT profile_event_id FROM events", [], |r| r.get(0))
             .unwrap();
@@ -794,18 +804,13 @@ mod tests {
     fn an_upgrade_waits_for_other_connections_to_close() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v1.db");
-        let other = Connection::open(&path).unwrap();
-        other
-            .execute_batch(include_str!("../../tests/fixtures/schema-v1.sql"))
-            .unwrap();
+        let other = version_1_file(&path);
         let _wal: String = other
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .unwrap();
-        other
-            .execute_batch(
-                "INSERT INTO events (profile_event_id, profile_id, event_type, \
-                 event_datetime, received_at, body) VALUES ('e1', 'p1', 't', 'a', 'b', '{}')",
-            )
+        // As a person's `sqlite3` session that has looked at the file.
+        let _events: i64 = other
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
             .unwrap();
 
         let err = open(&path, Synchronous::Full).unwrap_err();
@@ -814,17 +819,11 @@ mod tests {
             err.to_string().contains("close every other connection"),
             "{err}"
         );
-        let version: i64 = other
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, 1);
+        assert_eq!(user_version(&other), 1);
 
         drop(other);
         let (conn, _lock) = open(&path, Synchronous::Full).unwrap();
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(user_version(&conn), 2);
         let mode: String = conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
