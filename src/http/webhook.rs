@@ -18,8 +18,10 @@ use utoipa::ToSchema;
 
 /// Adapty's bodies are a few KB; this leaves room for large attribution blocks.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
-/// Adapty gives up after 10 s; past this (counted from the request's arrival, body
-/// included) we answer 503 ourselves so it retries.
+/// Adapty gives up after 10 s; past this (counted from when the handler starts, once
+/// the request's head is in, so the body's time included) we answer 503 ourselves so
+/// it retries. The head has a 5 s limit of its own (`client_request_timeout`), and
+/// arrives in one packet from Adapty.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(8);
 /// A body that takes longer than this to arrive is cut off with a 503: a slow-drip
 /// client must not hold a connection (and memory) for as long as it likes, and Adapty

@@ -104,8 +104,14 @@ pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
 /// The lock comes before the schema: an upgrade must not rewrite `events` under a
 /// running daemon.
 pub fn open(path: &Path, synchronous: Synchronous) -> Result<(Connection, WriterLock), StoreError> {
+    // An existing file is locked before SQLite touches it (a second entitled must not
+    // switch it to WAL in the middle of an upgrade); a new one once SQLite made it.
+    let early = path.exists().then(|| lock_for_writing(path)).transpose()?;
     let conn = connect(path, synchronous)?;
-    let lock = lock_for_writing(path)?;
+    let lock = match early {
+        Some(lock) => lock,
+        None => lock_for_writing(path)?,
+    };
     migrate(&conn, &path.display().to_string())?;
     sync_wal(path)?;
     Ok((conn, lock))
@@ -192,8 +198,10 @@ fn migrate(conn: &Connection, path: &str) -> Result<(), StoreError> {
 /// in 9 minutes that way). In journal mode the new pages go straight into the file
 /// and only the few pages that existed before are journaled. It needs free disk of
 /// about the table's size: the old pages stay in the file, as free pages that new
-/// events fill. Leaving WAL mode needs no other connection open on the file: with one
-/// (a person's `sqlite3`), the upgrade stops with an error and changes nothing.
+/// events fill. Leaving WAL mode needs no other connection that has read the file:
+/// with one (a person's `sqlite3`), the upgrade stops with an error and changes
+/// nothing. Indexes, triggers and views a person added on `events` go with the old
+/// table (deploy/README.md says so).
 fn upgrade_to_2(conn: &Connection, path: &str) -> Result<(), StoreError> {
     let started = std::time::Instant::now();
     let events: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
@@ -202,6 +210,28 @@ fn upgrade_to_2(conn: &Connection, path: &str) -> Result<(), StoreError> {
         events,
         "upgrading the schema from version 1 to 2: copying the events table once"
     );
+    // Journal mode at NORMAL may corrupt the file on a power cut; FULL may not. Set
+    // before leaving WAL, so that the switch itself is written at FULL too.
+    let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let upgraded = copy_in_journal_mode(conn, path);
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    upgraded?;
+    tracing::info!(
+        path,
+        events,
+        seconds = started.elapsed().as_secs_f64(),
+        "schema upgraded to version 2"
+    );
+    Ok(())
+}
+
+/// Leaves WAL mode, copies, and comes back to WAL, which every error path does too.
+fn copy_in_journal_mode(conn: &Connection, path: &str) -> Result<(), StoreError> {
+    let upgrade_error = |reason: String| StoreError::Upgrade {
+        path: path.to_owned(),
+        reason,
+    };
     let mode = conn.query_row("PRAGMA journal_mode = DELETE", [], |r| {
         r.get::<_, String>(0)
     });
@@ -209,31 +239,23 @@ fn upgrade_to_2(conn: &Connection, path: &str) -> Result<(), StoreError> {
         .as_deref()
         .is_ok_and(|m| m.eq_ignore_ascii_case("delete"))
     {
-        return Err(StoreError::Upgrade {
-            path: path.to_owned(),
-            reason: format!(
-                "cannot leave WAL mode for it ({}): close every other connection to the \
-                 file (a `sqlite3` session, say) and start again",
-                match mode {
-                    Ok(mode) => format!("journal_mode stayed {mode}"),
-                    Err(error) => error.to_string(),
-                }
-            ),
-        });
+        return Err(upgrade_error(format!(
+            "cannot leave WAL mode for it ({}): close every other connection to the file \
+             (a `sqlite3` session, say) and start again",
+            match mode {
+                Ok(mode) => format!("journal_mode stayed {mode}"),
+                Err(error) => error.to_string(),
+            }
+        )));
     }
-    // Journal mode at NORMAL may corrupt the file on a power cut; FULL may not.
-    let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
     let copied = copy_events_to_2(conn);
-    let _wal: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-    conn.pragma_update(None, "synchronous", synchronous)?;
+    let wal: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     copied?;
-    tracing::info!(
-        path,
-        events,
-        seconds = started.elapsed().as_secs_f64(),
-        "schema upgraded to version 2"
-    );
+    if !wal.eq_ignore_ascii_case("wal") {
+        return Err(upgrade_error(format!(
+            "upgraded, but journal_mode stayed {wal}, not wal"
+        )));
+    }
     Ok(())
 }
 
@@ -257,7 +279,11 @@ fn copy_events_to_2(conn: &Connection) -> Result<(), StoreError> {
         by_end = schema_statement("CREATE INDEX entitlements_unreported_by_end ", ";"),
     );
     if let Err(error) = conn.execute_batch(&steps) {
-        conn.execute_batch("ROLLBACK")?;
+        // SQLite may have rolled back already (an I/O error, a full disk): the step's
+        // error is the one to report either way.
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
         return Err(error.into());
     }
     conn.execute_batch("COMMIT")?;

@@ -4,9 +4,9 @@
 //!   timeout: webhooks wait, then answer 503 with `Retry-After` within Adapty's 10 s;
 //!   lookups go on answering 200 from memory meanwhile; nothing refused is visible;
 //!   once the lock goes, the retries are stored (exactly once) with no restart;
-//! - the 8 s within which a webhook is answered count from its first byte: a body
-//!   that takes 4.5 s to arrive while the writer is locked out is still answered (503)
-//!   in time;
+//! - the 8 s within which a webhook is answered count from its head, not from its
+//!   body's last byte: a body that takes 4.5 s to arrive while the writer is locked out
+//!   is still answered (503) in time;
 //! - a write lock shorter than the busy timeout only delays webhooks: every one is
 //!   stored and answered 200;
 //! - a long read transaction does not block ingestion at all (WAL), not even when the
