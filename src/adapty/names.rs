@@ -55,9 +55,17 @@ impl EventNames {
         if self.custom.is_empty() {
             return builtin(received);
         }
+        // Adapty sends lowercase: only another spelling pays for a normalized copy.
+        let differs = |name: &str| {
+            name.trim().len() != name.len() || name.bytes().any(|b| b.is_ascii_uppercase())
+        };
         self.custom
             .get(received)
-            .or_else(|| self.custom.get(&normalized(received)))
+            .or_else(|| {
+                differs(received)
+                    .then(|| self.custom.get(&normalized(received)))
+                    .flatten()
+            })
             .copied()
             .or_else(|| builtin(received))
     }
