@@ -249,8 +249,9 @@ fn copy_in_journal_mode(conn: &Connection, path: &str) -> Result<(), StoreError>
         )));
     }
     let copied = copy_events_to_2(conn);
-    let wal: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    let wal = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0));
     copied?;
+    let wal = wal?;
     if !wal.eq_ignore_ascii_case("wal") {
         return Err(upgrade_error(format!(
             "upgraded, but journal_mode stayed {wal}, not wal"
@@ -278,7 +279,10 @@ fn copy_events_to_2(conn: &Connection) -> Result<(), StoreError> {
         index = schema_statement("CREATE UNIQUE INDEX events_by_profile ", ";"),
         by_end = schema_statement("CREATE INDEX entitlements_unreported_by_end ", ";"),
     );
-    if let Err(error) = conn.execute_batch(&steps) {
+    let done = conn
+        .execute_batch(&steps)
+        .and_then(|()| conn.execute_batch("COMMIT"));
+    if let Err(error) = done {
         // SQLite may have rolled back already (an I/O error, a full disk): the step's
         // error is the one to report either way.
         if !conn.is_autocommit() {
@@ -286,7 +290,6 @@ fn copy_events_to_2(conn: &Connection) -> Result<(), StoreError> {
         }
         return Err(error.into());
     }
-    conn.execute_batch("COMMIT")?;
     Ok(())
 }
 
