@@ -1,6 +1,7 @@
 //! Event names as Adapty sends them: canonical, legacy, or renamed by the user.
 
 use crate::projection::EventType;
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// Names older Adapty documentation used for today's canonical types (it spells the
@@ -43,7 +44,10 @@ impl EventNames {
                     EventType::ALL.map(EventType::name).join(", ")
                 ));
             };
-            if custom.insert(normalized(name), canonical).is_some() {
+            if custom
+                .insert(normalized(name).into_owned(), canonical)
+                .is_some()
+            {
                 return Err(format!("'{name}' is mapped twice"));
             }
         }
@@ -52,27 +56,22 @@ impl EventNames {
 
     /// `None`: a name nothing knows; such events are stored and change no access.
     pub fn resolve(&self, received: &str) -> Option<EventType> {
-        if self.custom.is_empty() {
-            return builtin(received);
-        }
-        // Adapty sends lowercase: only another spelling pays for a normalized copy.
-        let differs = |name: &str| {
-            name.trim().len() != name.len() || name.bytes().any(|b| b.is_ascii_uppercase())
-        };
         self.custom
-            .get(received)
-            .or_else(|| {
-                differs(received)
-                    .then(|| self.custom.get(&normalized(received)))
-                    .flatten()
-            })
+            .get(&*normalized(received))
             .copied()
             .or_else(|| builtin(received))
     }
 }
 
-fn normalized(name: &str) -> String {
-    name.trim().to_ascii_lowercase()
+/// The name trimmed and lowercased; no copy for one that already is (Adapty sends
+/// lowercase), since every event's name passes here.
+fn normalized(name: &str) -> Cow<'_, str> {
+    let name = name.trim();
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
 }
 
 fn builtin(name: &str) -> Option<EventType> {
