@@ -86,6 +86,7 @@ pub fn rebuild(
                 }
                 events.clear();
                 profile = Some(profile_id);
+                summary.profiles += 1;
             }
             events.push(event);
             summary.events += 1;
@@ -94,39 +95,20 @@ pub fn rebuild(
             reconcile(&tx, &done, &events, rules, write, now, &mut summary)?;
         }
     }
-    // Rows of profiles with no events at all (hand-made): the log says nothing of them.
-    let orphans: i64 = tx.query_row(
-        "SELECT count(*) FROM entitlements WHERE profile_id NOT IN (SELECT profile_id FROM events)",
-        [],
-        |r| r.get(0),
-    )?;
-    summary.removed += orphans.unsigned_abs();
+    // Profiles with rows and no events at all (made by hand): the log folds them to
+    // nothing, so their rows go, and the feed hears of it, as for any level removed.
+    let orphans: Vec<String> = tx
+        .prepare(
+            "SELECT DISTINCT profile_id FROM entitlements \
+             WHERE profile_id NOT IN (SELECT profile_id FROM events)",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for profile_id in &orphans {
+        reconcile(&tx, profile_id, &[], rules, write, now, &mut summary)?;
+    }
     summary.retyped = retype.len() as u64;
     if write {
-        // The feed said these grant access: it must hear that they no longer do.
-        let reported: Vec<(String, String, Option<String>)> = tx
-            .prepare(
-                "SELECT profile_id, access_level_id, expires_at FROM entitlements \
-                 WHERE reported_active = 1 AND profile_id NOT IN (SELECT profile_id FROM events)",
-            )?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<Result<_, _>>()?;
-        for (profile_id, level, expires_at) in reported {
-            let expires_at = super::time(expires_at)?;
-            record_change(
-                &tx,
-                &profile_id,
-                &level,
-                false,
-                ChangeReason::Rebuild,
-                expires_at,
-                now,
-            )?;
-        }
-        tx.execute(
-            "DELETE FROM entitlements WHERE profile_id NOT IN (SELECT profile_id FROM events)",
-            [],
-        )?;
         let mut update = tx.prepare("UPDATE events SET canonical_type = ?2 WHERE seq = ?1")?;
         for (seq, canonical) in &retype {
             update.execute(params![seq, canonical])?;
@@ -148,7 +130,6 @@ fn reconcile(
     now: Timestamp,
     summary: &mut Summary,
 ) -> Result<(), StoreError> {
-    summary.profiles += 1;
     let folded: BTreeMap<Arc<str>, Entitlement> = projection::project(events, rules)
         .into_iter()
         .map(|((_, level), e)| (level, e))
