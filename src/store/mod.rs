@@ -63,10 +63,15 @@ pub enum StoreError {
 #[derive(Debug)]
 pub struct WriterLock(#[allow(dead_code)] std::fs::File);
 
+/// Creates the file when missing (empty: SQLite takes a 0-byte file for a new
+/// database), so the lock comes before SQLite touches it.
 fn lock_for_writing(path: &Path) -> Result<WriterLock, StoreError> {
     let display = || path.display().to_string();
     let file = std::fs::OpenOptions::new()
         .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
         .open(path)
         .map_err(|source| StoreError::Lock {
             path: display(),
@@ -104,14 +109,10 @@ pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
 /// The lock comes before the schema: an upgrade must not rewrite `events` under a
 /// running daemon.
 pub fn open(path: &Path, synchronous: Synchronous) -> Result<(Connection, WriterLock), StoreError> {
-    // An existing file is locked before SQLite touches it (a second entitled must not
-    // switch it to WAL in the middle of an upgrade); a new one once SQLite made it.
-    let early = path.exists().then(|| lock_for_writing(path)).transpose()?;
+    // Locked before SQLite touches the file: a second entitled must not switch it to
+    // WAL in the middle of an upgrade.
+    let lock = lock_for_writing(path)?;
     let conn = connect(path, synchronous)?;
-    let lock = match early {
-        Some(lock) => lock,
-        None => lock_for_writing(path)?,
-    };
     migrate(&conn, &path.display().to_string())?;
     sync_wal(path)?;
     Ok((conn, lock))
@@ -122,17 +123,23 @@ pub fn open(path: &Path, synchronous: Synchronous) -> Result<(Connection, Writer
 /// this process must not serve them (in the index, in `GET /changes`) before they are
 /// on disk, or a power cut could take back what it said.
 fn sync_wal(path: &Path) -> Result<(), StoreError> {
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
+    let wal = wal_path(path);
     let synced = match std::fs::File::open(&wal) {
         Ok(file) => file.sync_data(),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(error) => Err(error),
     };
     synced.map_err(|source| StoreError::Sync {
-        path: Path::new(&wal).display().to_string(),
+        path: wal.display().to_string(),
         source,
     })
+}
+
+/// SQLite's WAL file of the database at `db`.
+pub(crate) fn wal_path(db: &Path) -> std::path::PathBuf {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    wal.into()
 }
 
 /// A read-write connection with entitled's pragmas, for a process that holds (or is

@@ -366,7 +366,7 @@ impl Flusher {
             (true, Some(path)) => {
                 conn.pragma_update(None, "synchronous", "NORMAL")?;
                 Some(Wal {
-                    path: PathBuf::from(format!("{path}-wal")),
+                    path: super::wal_path(std::path::Path::new(path)),
                     file: None,
                 })
             }
