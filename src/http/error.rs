@@ -35,6 +35,12 @@ pub enum ApiError {
     /// 403: the sandbox token may only deliver sandbox events.
     #[error("the sandbox token cannot deliver a Production event")]
     SandboxTokenForProduction,
+    /// 403: the sandbox token with an event whose `environment` is missing or neither
+    /// `Sandbox` nor `Production`. Adapty marks every event; one that is not marked
+    /// cannot be kept out of access by `--sandbox ignore`, so the sandbox token may not
+    /// deliver it.
+    #[error("the sandbox token delivers only events whose `environment` is `Sandbox`; this one's is {0}")]
+    SandboxTokenForUnmarkedEvent(String),
     /// 404.
     #[error("no such route")]
     NotFound,
@@ -60,6 +66,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized => "unauthorized",
             ApiError::SandboxTokenForProduction => "sandbox_token_for_production",
+            ApiError::SandboxTokenForUnmarkedEvent(_) => "sandbox_token_for_unmarked_event",
             ApiError::NotFound => "not_found",
             ApiError::NotReady(_) => "not_ready",
             ApiError::Saturated => "saturated",
@@ -88,7 +95,9 @@ impl ResponseError for ApiError {
             | ApiError::UnreadableBody(_)
             | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::SandboxTokenForProduction => StatusCode::FORBIDDEN,
+            ApiError::SandboxTokenForProduction | ApiError::SandboxTokenForUnmarkedEvent(_) => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::BodyTimeout(_)
             | ApiError::NotReady(_)
@@ -117,8 +126,8 @@ impl ResponseError for ApiError {
 pub struct ErrorBody {
     /// A stable machine code: `invalid_json`, `not_an_object`, `missing_field`,
     /// `invalid_field`, `body_too_large`, `unreadable_body`, `bad_request`,
-    /// `unauthorized`, `sandbox_token_for_production`, `not_found`, `body_timeout`,
-    /// `not_ready`, `saturated`, `store_unavailable`.
+    /// `unauthorized`, `sandbox_token_for_production`, `sandbox_token_for_unmarked_event`,
+    /// `not_found`, `body_timeout`, `not_ready`, `saturated`, `store_unavailable`.
     pub error: &'static str,
     /// For people; a 503 from the store carries a reference that is also in the log.
     pub message: String,

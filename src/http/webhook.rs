@@ -92,13 +92,14 @@ async fn handle(
         }
         Webhook::Event(received) => received,
     };
-    let is_production = received
-        .event
-        .environment
-        .as_deref()
-        .is_some_and(|e| e.eq_ignore_ascii_case("production"));
-    if caller == Caller::Sandbox && is_production {
-        return Err(ApiError::SandboxTokenForProduction);
+    if caller == Caller::Sandbox && !received.event.is_sandbox() {
+        // An allow-list, not a deny-list: an event the sandbox token delivers must say
+        // it is one, or `--sandbox ignore` (live and in `rebuild`) would count it.
+        return Err(match received.event.environment.as_deref() {
+            Some(e) if e.eq_ignore_ascii_case("production") => ApiError::SandboxTokenForProduction,
+            Some(e) => ApiError::SandboxTokenForUnmarkedEvent(format!("{e:?}")),
+            None => ApiError::SandboxTokenForUnmarkedEvent("missing".into()),
+        });
     }
     if !state.status.is_warmed() {
         return Err(ApiError::NotReady("the index is warming".into()));

@@ -1,7 +1,7 @@
 //! Group 1: verification requests, webhook tokens, the read token.
 
 use crate::helpers::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verification_answers_both_generations() {
@@ -99,6 +99,20 @@ async fn sandbox_token_delivers_sandbox_events_only() {
         .webhook(&leaked.0, Some("sandbox-token"))
         .await
         .expect_error(403, "sandbox_token_for_production");
+    // Sandbox token on an event that does not say it is a sandbox one: 403 too, or
+    // `--sandbox ignore` would count it. Environment missing, null, or another value;
+    // "sandbox" in any case is a sandbox event.
+    let unmarked = [
+        subscription_started("prof-sbx-unmarked-1").drop_prop("environment"),
+        subscription_started("prof-sbx-unmarked-2").prop("environment", Value::Null),
+        subscription_started("prof-sbx-unmarked-3").prop("environment", json!("live")),
+    ];
+    for event in &unmarked {
+        let resp = daemon.webhook(&event.0, Some("sandbox-token")).await;
+        resp.expect_error(403, "sandbox_token_for_unmarked_event");
+    }
+    let lowercase = subscription_started("prof-sbx-lower").prop("environment", json!("sandbox"));
+    daemon.store_with(&lowercase, Some("sandbox-token")).await;
     // Sandbox token verification works.
     daemon
         .webhook(&json!({"adapty_check": "s"}), Some("sandbox-token"))
@@ -116,10 +130,14 @@ async fn sandbox_token_delivers_sandbox_events_only() {
     assert_eq!(level["environment"], json!("Sandbox"), "{level}");
     let answer = daemon.profile("prof-sbx-leak").await;
     assert_eq!(answer["access_levels"], json!({}), "{answer}");
-    assert_eq!(daemon.events_count(), 2);
+    assert_eq!(daemon.events_count(), 3);
     let ids = daemon.stored_ids();
     assert!(ids.contains(&prod.event_id()) && ids.contains(&sandbox.event_id()));
+    assert!(ids.contains(&lowercase.event_id()));
     assert!(!ids.contains(&leaked.event_id()));
+    for event in &unmarked {
+        assert!(!ids.contains(&event.event_id()), "{}", event.0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
