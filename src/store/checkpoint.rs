@@ -28,7 +28,6 @@ use super::StoreError;
 use crate::config::Synchronous;
 use rusqlite::wal::CheckpointMode;
 use rusqlite::Connection;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -107,10 +106,7 @@ impl Checkpointer {
         writer: &mut Connection,
         thresholds: Thresholds,
     ) -> Result<Checkpointer, StoreError> {
-        let path = writer
-            .path()
-            .filter(|p| !p.is_empty())
-            .map(Path::new)
+        let path = super::database_file(writer)
             .ok_or_else(|| StoreError::Corrupt("the writer's database has no file".into()))?;
         // The thread's connection does the copying. At NORMAL, as at FULL, SQLite syncs
         // the WAL before a copy and the main file after it; FULL adds only the sync at
@@ -225,6 +221,7 @@ fn run(conn: &Connection, shared: &Shared, thresholds: Thresholds) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn wal_len(path: &Path) -> u64 {
         std::fs::metadata(path.with_extension("db-wal")).map_or(0, |m| m.len())

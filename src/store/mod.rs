@@ -114,7 +114,7 @@ pub fn open(path: &Path, synchronous: Synchronous) -> Result<(Connection, Writer
     let lock = lock_for_writing(path)?;
     let conn = connect(path, synchronous)?;
     migrate(&conn, &path.display().to_string())?;
-    sync_wal(path)?;
+    sync_wal(&conn)?;
     Ok((conn, lock))
 }
 
@@ -122,8 +122,11 @@ pub fn open(path: &Path, synchronous: Synchronous) -> Result<(Connection, Writer
 /// and its sync (the sync thread's) leaves committed pages in the OS page cache only:
 /// this process must not serve them (in the index, in `GET /changes`) before they are
 /// on disk, or a power cut could take back what it said.
-fn sync_wal(path: &Path) -> Result<(), StoreError> {
-    let wal = wal_path(path);
+fn sync_wal(conn: &Connection) -> Result<(), StoreError> {
+    let Some(file) = database_file(conn) else {
+        return Ok(()); // in memory: nothing to sync
+    };
+    let wal = wal_path(file);
     let synced = match std::fs::File::open(&wal) {
         Ok(file) => file.sync_data(),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -135,7 +138,15 @@ fn sync_wal(path: &Path) -> Result<(), StoreError> {
     })
 }
 
-/// SQLite's WAL file of the database at `db`.
+/// The file SQLite opened for `conn`, as SQLite resolved it (absolute, symlinks
+/// followed): where its WAL really is. `None` in memory.
+pub(crate) fn database_file(conn: &Connection) -> Option<&Path> {
+    conn.path().filter(|p| !p.is_empty()).map(Path::new)
+}
+
+/// SQLite's WAL file of the database at `db` (a path from [`database_file`]: with the
+/// path as the user gave it, a symlinked database's WAL would be looked for beside the
+/// link).
 pub(crate) fn wal_path(db: &Path) -> std::path::PathBuf {
     let mut wal = db.as_os_str().to_owned();
     wal.push("-wal");
@@ -780,6 +791,23 @@ mod tests {
         drop((conn, lock));
         // Opening again leaves it as it is.
         open(&dir.path().join("e.db"), Synchronous::Normal).unwrap();
+    }
+
+    #[test]
+    fn the_wal_is_found_beside_the_file_a_symlink_names() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let target = dir.path().join("data").join("real.db");
+        let link = dir.path().join("entitled.db");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let (conn, _lock) = open(&link, Synchronous::Full).unwrap();
+        conn.execute_batch("INSERT INTO profiles (profile_id) VALUES ('p')")
+            .unwrap();
+        let file = database_file(&conn).unwrap().to_owned();
+        assert_eq!(file, target.canonicalize().unwrap());
+        // What the syncs open is the WAL SQLite writes, not a name beside the link.
+        assert!(wal_path(&file).exists());
+        assert!(!wal_path(&link).exists());
     }
 
     /// A file as version 1 of the schema made it, with one event, on a connection that

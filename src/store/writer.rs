@@ -362,11 +362,11 @@ impl Flusher {
         status: Arc<Status>,
     ) -> Result<Flusher, StoreError> {
         let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
-        let wal = match (synchronous >= 2, conn.path().filter(|p| !p.is_empty())) {
+        let wal = match (synchronous >= 2, super::database_file(conn)) {
             (true, Some(path)) => {
                 conn.pragma_update(None, "synchronous", "NORMAL")?;
                 Some(Wal {
-                    path: super::wal_path(std::path::Path::new(path)),
+                    path: super::wal_path(path),
                     file: None,
                 })
             }
