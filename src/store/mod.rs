@@ -128,7 +128,7 @@ fn sync_wal(conn: &Connection) -> Result<(), StoreError> {
     };
     let wal = wal_path(file);
     let synced = match std::fs::File::open(&wal) {
-        Ok(file) => file.sync_data(),
+        Ok(file) => file.sync_data().and_then(|()| sync_directory_of(&wal)),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(error) => Err(error),
     };
@@ -136,6 +136,13 @@ fn sync_wal(conn: &Connection) -> Result<(), StoreError> {
         path: wal.display().to_string(),
         source,
     })
+}
+
+/// `fsync`s the directory that holds `file`, so that its entry (a file just created)
+/// is on disk.
+pub(crate) fn sync_directory_of(file: &Path) -> std::io::Result<()> {
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+    std::fs::File::open(dir.unwrap_or(Path::new("."))).and_then(|d| d.sync_all())
 }
 
 /// The file SQLite opened for `conn`, as SQLite resolved it (absolute, symlinks

@@ -401,6 +401,11 @@ impl Flusher {
                 .open(&wal.path)
                 .and_then(|file| {
                     file.sync_data()?;
+                    // This process may have created the WAL. SQLite would sync its
+                    // directory entry at its first sync of the file, which at NORMAL
+                    // comes only with the first checkpoint: until then the events
+                    // acknowledged here would hang on an entry not yet on disk.
+                    super::sync_directory_of(&wal.path)?;
                     wal.file = Some(file);
                     Ok(())
                 }),
