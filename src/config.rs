@@ -274,7 +274,15 @@ mod tests {
 
     #[test]
     fn defaults_are_the_documented_ones() {
-        let args = serve(&[]).unwrap();
+        // Parsed with every `env` of `serve` switched off: an ENTITLED_* variable the
+        // developer exported is not a default.
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Cli::command().mut_subcommand("serve", |s| s.mut_args(|a| a.env(None)));
+        let matches = command.try_get_matches_from(["entitled", "serve"]).unwrap();
+        let args = match Cli::from_arg_matches(&matches).unwrap().command {
+            Command::Serve(args) => args,
+            other => panic!("parsed as {other:?}"),
+        };
         assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(args.store.db, PathBuf::from("entitled.db"));
         assert_eq!(args.store.synchronous, Synchronous::Full);
