@@ -2,6 +2,7 @@
 
 use crate::helpers::*;
 use serde_json::{json, Value};
+use std::time::Duration as StdDuration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verification_answers_both_generations() {
@@ -158,6 +159,12 @@ async fn sandbox_token_alone_guards_the_webhook() {
         )
         .await;
     assert_eq!(daemon.events_count(), 1);
+    // A sandbox token alone guards the webhook: no warning that it is open.
+    assert!(
+        !daemon.logs().contains(OPEN_WEBHOOK_WARNING),
+        "{}",
+        daemon.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,4 +228,15 @@ async fn without_tokens_webhook_and_reads_are_open() {
         .await
         .expect(200);
     assert!(daemon.active("prof-open-2", "premium").await);
+    // And it said so, loudly, at start.
+    let warned = poll_until(
+        StdDuration::from_secs(5),
+        StdDuration::from_millis(50),
+        || async { daemon.logs().contains(OPEN_WEBHOOK_WARNING) },
+    )
+    .await;
+    assert!(warned, "no warning of the open webhook:\n{}", daemon.logs());
 }
+
+/// What the daemon logs at start when the webhook takes any caller.
+const OPEN_WEBHOOK_WARNING: &str = "NO WEBHOOK TOKEN IS SET";
