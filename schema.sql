@@ -28,7 +28,8 @@ CREATE TABLE events (
     profile_event_id TEXT NOT NULL,         -- Adapty's id of the event; 'sha256:<hex of body>' when absent
     profile_id       TEXT NOT NULL,
     customer_user_id TEXT,                  -- as the event carried it (NULL when it had none)
-    event_type       TEXT NOT NULL,         -- as received (may be a name renamed in Adapty's dashboard)
+    event_type       TEXT NOT NULL,         -- as received (may be a name renamed in Adapty's dashboard;
+                                            -- 'access_level_updated' for a flat snapshot sent without one)
     canonical_type   TEXT,                  -- Adapty's canonical name; NULL when no name map knows it
     event_datetime   TEXT NOT NULL,         -- when Adapty says it happened: the projection's order
     received_at      TEXT NOT NULL,         -- when this daemon stored it

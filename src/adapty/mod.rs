@@ -68,6 +68,9 @@ impl ParseError {
     }
 }
 
+/// The `event_type` a flat access-level snapshot (one with none) is stored under.
+const FLAT_SNAPSHOT_TYPE: &str = "access_level_updated";
+
 /// Parses a webhook body. `names` resolves `event_type` to a canonical type.
 pub fn parse(body: &[u8], names: &EventNames) -> Result<Webhook, ParseError> {
     let text = std::str::from_utf8(body).map_err(|e| ParseError::InvalidJson(e.to_string()))?;
@@ -95,6 +98,11 @@ pub fn parse(body: &[u8], names: &EventNames) -> Result<Webhook, ParseError> {
                 adapty_check: top.adapty_check.clone(),
             })
         }
+        // One old page of Adapty's says the `access_level_updated` is the one event not
+        // wrapped in the envelope with `event_type`: a flat snapshot of a level. A body
+        // that names a level and says whether it is active is read as that, and stored
+        // under that name, rather than refused (400s are never retried).
+        (None, Some(p)) if fields.is_flat_snapshot()? => (FLAT_SNAPSHOT_TYPE.to_owned(), p),
         (None, Some(_)) => return Err(ParseError::MissingField("event_type")),
         (Some(_), None) => return Err(ParseError::MissingField("profile_id")),
         (Some(t), Some(p)) => (t.to_owned(), p),
@@ -329,6 +337,12 @@ impl<'a> Fields<'a> {
             Some((_, Value::Bool(b))) => Ok(Some(*b)),
             Some((place, _)) => Err(place.invalid("true or false")),
         }
+    }
+
+    /// Whether a body without `event_type` is an access level's snapshot: it names the
+    /// level and says whether it is active.
+    fn is_flat_snapshot(&self) -> Result<bool, ParseError> {
+        Ok(self.id("access_level_id")?.is_some() && self.bool("is_active")?.is_some())
     }
 
     /// The snapshot of an `access_level_updated`, or `None` when it names no level or

@@ -91,6 +91,48 @@ fn reads_a_snapshot_from_event_properties_or_the_top_level() {
     }
 }
 
+/// The shape one old page of Adapty's gives the `access_level_updated`: not wrapped in
+/// the envelope, so no `event_type`, its fields at the top level.
+#[test]
+fn reads_a_flat_snapshot_without_event_type_as_an_access_level_update() {
+    let flat = json!({
+        "profile_id": "772204ce-ebf6-4ed9-82b0-d8688ab62b01",
+        "customer_user_id": "john.doe",
+        "profile_event_id": "e-flat",
+        "event_datetime": "2023-02-10T17:22:03.000000+0000",
+        "access_level_id": "premium",
+        "is_active": true,
+        "expires_at": "2031-04-05T09:10:11.000000+0000",
+        "will_renew": true,
+        "is_lifetime": false,
+        "environment": "Production",
+        "store": "app_store",
+        "vendor_product_id": "org.locals.12345",
+    });
+    let Webhook::Event(received) = parse(flat.to_string().as_bytes(), &names()).unwrap() else {
+        panic!("{flat} parsed as a verification");
+    };
+    assert_eq!(received.received_type, "access_level_updated");
+    let event = received.event;
+    assert_eq!(event.event_type, Some(EventType::AccessLevelUpdated));
+    assert_eq!(&*event.id, "e-flat");
+    assert_eq!(event.customer_user_id.as_deref(), Some("john.doe"));
+    let snapshot = event.snapshot.expect("a snapshot");
+    assert_eq!(&*snapshot.access_level_id, "premium");
+    assert!(snapshot.is_active && snapshot.will_renew);
+
+    // Without the level or without `is_active`, it is no snapshot: still refused.
+    for missing in ["access_level_id", "is_active"] {
+        let mut body = flat.clone();
+        body.as_object_mut().unwrap().remove(missing);
+        assert_eq!(
+            parse(body.to_string().as_bytes(), &names()).unwrap_err(),
+            ParseError::MissingField("event_type"),
+            "without {missing}"
+        );
+    }
+}
+
 #[test]
 fn a_snapshot_without_its_level_decides_nothing() {
     let mut body = renewal();

@@ -615,6 +615,55 @@ async fn access_level_updated_is_an_authoritative_snapshot() {
     assert_eq!(level["in_grace_period"], json!(true), "{level}");
 }
 
+/// One old page of Adapty's shows the `access_level_updated` flat: its fields at the
+/// top level and no `event_type`. Such a body is stored and folded as that event (a
+/// 400 would lose it: Adapty does not retry one), and a wrapped one orders after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flat_access_level_update_without_event_type_is_stored_and_folded() {
+    let daemon = Daemon::start(&[]);
+    let t = now();
+    let flat = json!({
+        "profile_id": "prof-alu-flat",
+        "customer_user_id": "user-alu-flat",
+        "profile_event_id": "e-alu-flat",
+        "event_datetime": adapty_time(t - hours(2)),
+        "access_level_id": "premium",
+        "is_active": true,
+        "expires_at": adapty_time(t + days(30)),
+        "will_renew": true,
+        "environment": "Production",
+    });
+    let resp = daemon.webhook(&flat, None).await;
+    resp.expect(200);
+    assert_eq!(resp.json["status"], json!("stored"), "{resp}");
+    let level = daemon.level("prof-alu-flat", "premium").await;
+    assert_eq!(level["active"], json!(true), "{level}");
+    assert_eq!(
+        level["expires_at"],
+        json!(out_time(t + days(30))),
+        "{level}"
+    );
+    assert_eq!(daemon.user("user-alu-flat").await["premium"], json!(true));
+    assert_eq!(
+        daemon.count(
+            "SELECT count(*) FROM events WHERE event_type = 'access_level_updated' \
+             AND canonical_type = 'access_level_updated'"
+        ),
+        1
+    );
+    // Sent again: a duplicate, as any event.
+    let again = daemon.webhook(&flat, None).await;
+    assert_eq!(again.json["status"], json!("duplicate"), "{again}");
+    // A newer wrapped snapshot that says inactive wins over it.
+    daemon
+        .store(
+            &access_level_updated("prof-alu-flat", "premium", false, Some(t + days(30)))
+                .at(t - hours(1)),
+        )
+        .await;
+    assert!(!daemon.active("prof-alu-flat", "premium").await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_level_query_lists_only_that_level() {
     let daemon = Daemon::start(&[]);
