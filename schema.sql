@@ -1,4 +1,4 @@
--- entitled: the database schema, version 2.
+-- entitled: the database schema, version 3.
 --
 -- This file is the one source of the schema: the daemon embeds it and runs it on an
 -- empty file. Read it to find your way around `sqlite3 entitled.db` while the daemon
@@ -17,7 +17,7 @@
 -- profile_event_id = '…'`); the id alone has no index and reads the whole table.
 
 PRAGMA application_id = 1701737572; -- 0x656e7464, "entd": refuse foreign files
-PRAGMA user_version = 2;            -- schema version; an older file is upgraded at start
+PRAGMA user_version = 3;            -- schema version; an older file is upgraded at start
                                     -- (src/store/mod.rs, `migrate`)
 
 -- Every webhook event ever acknowledged, raw, exactly as received. Append-only: the
@@ -102,7 +102,8 @@ CREATE TABLE access_changes (
                                             -- 'expired' / 'started' (the clock), 'rebuild'
     profile_event_id TEXT,                  -- the event, when one did it
     expires_at       TEXT,                  -- the level's expires_at after the change
-    changed_at       TEXT NOT NULL          -- when entitled recorded the change
+    changed_at       TEXT NOT NULL,         -- when entitled recorded the change
+    customer_user_id TEXT                   -- the profile's customer_user_id then (last: added by version 3)
 ) STRICT;
 
 -- What the read API answers, for a person at the prompt: the levels that grant access

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Bump when the generator or the schema changes: the cache key of the database.
-pub const DATA_VERSION: &str = "v2";
+pub const DATA_VERSION: &str = "v3";
 /// The namespace of the profiles in the cached database.
 pub const NS_DATASET: u64 = 1;
 /// Profile ids the mixed test ingests into the cached database, deleted afterwards.
@@ -372,8 +372,9 @@ fn insert_row(conn: &Connection, row: &Row) -> Result<()> {
     if let Some(active) = row.flip {
         conn.prepare_cached(
             "INSERT INTO access_changes (profile_id, access_level_id, active, reason, \
-             profile_event_id, expires_at, changed_at) \
-             VALUES (?1, 'premium', ?2, ?3, ?4, ?5, ?6)",
+             profile_event_id, expires_at, changed_at, customer_user_id) \
+             VALUES (?1, 'premium', ?2, ?3, ?4, ?5, ?6, \
+             (SELECT customer_user_id FROM profiles WHERE profile_id = ?1))",
         )?
         .execute(params![
             e.profile_id,

@@ -19,7 +19,7 @@ pub const SCHEMA: &str = include_str!("../../schema.sql");
 /// `PRAGMA application_id` of an entitled database ("entd").
 pub const APPLICATION_ID: i64 = 0x656e_7464;
 /// `PRAGMA user_version` that [`SCHEMA`] creates.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 /// The page cache, in KiB (SQLite's default: 2 MiB): the writer's inserts touch the
 /// index pages of `events`, which on a database of millions of events no longer fit in
 /// 2 MiB. The cache fills only as pages are read. (The writer takes less while the file
@@ -207,6 +207,9 @@ fn migrate(conn: &Connection, path: &str) -> Result<(), StoreError> {
     if version < 2 {
         upgrade_to_2(conn, path)?;
     }
+    if version < 3 {
+        upgrade_to_3(conn, path)?;
+    }
     Ok(())
 }
 
@@ -289,7 +292,6 @@ fn copy_in_journal_mode(conn: &Connection, path: &str) -> Result<(), StoreError>
 fn copy_events_to_2(conn: &Connection) -> Result<(), StoreError> {
     const COLUMNS: &str = "seq, profile_event_id, profile_id, customer_user_id, event_type, \
          canonical_type, event_datetime, received_at, environment, body";
-    conn.execute_batch("BEGIN IMMEDIATE")?;
     let steps = format!(
         "DROP INDEX events_by_profile;
          ALTER TABLE events RENAME TO events_v1;
@@ -304,8 +306,40 @@ fn copy_events_to_2(conn: &Connection) -> Result<(), StoreError> {
         index = schema_statement("CREATE UNIQUE INDEX events_by_profile ", ";"),
         by_end = schema_statement("CREATE INDEX entitlements_unreported_by_end ", ";"),
     );
+    in_one_transaction(conn, &steps)
+}
+
+/// Version 2 → 3: `access_changes` keeps the profile's `customer_user_id` as it was
+/// when the change was recorded. The feed used to join the live `profiles` row, so a
+/// change recorded while a profile was X's read as Y's once the profile moved to Y
+/// (a consumer revoking by user would revoke the wrong one), and a `customer_user_id`
+/// committed but not yet synced could show beside a released change. Rows recorded
+/// before take the profile's current one: what the feed said of them until now. One
+/// transaction in WAL mode; no copy (the column is added in place).
+fn upgrade_to_3(conn: &Connection, path: &str) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    tracing::info!(path, "upgrading the schema from version 2 to 3");
+    in_one_transaction(
+        conn,
+        "ALTER TABLE access_changes ADD COLUMN customer_user_id TEXT;
+         UPDATE access_changes SET customer_user_id = (
+             SELECT p.customer_user_id FROM profiles AS p
+             WHERE p.profile_id = access_changes.profile_id);
+         PRAGMA user_version = 3;",
+    )?;
+    tracing::info!(
+        path,
+        seconds = started.elapsed().as_secs_f64(),
+        "schema upgraded to version 3"
+    );
+    Ok(())
+}
+
+/// Runs `steps` in one `BEGIN IMMEDIATE` transaction, rolled back whole on any error.
+fn in_one_transaction(conn: &Connection, steps: &str) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
     let done = conn
-        .execute_batch(&steps)
+        .execute_batch(steps)
         .and_then(|()| conn.execute_batch("COMMIT"));
     if let Err(error) = done {
         // SQLite may have rolled back already (an I/O error, a full disk): the step's
@@ -465,9 +499,13 @@ pub fn record_change(
         ChangeReason::Started => ("started", None),
         ChangeReason::Rebuild => ("rebuild", None),
     };
+    // The profile's `customer_user_id` as this transaction has it: the event that made
+    // the change has already updated the profile.
     conn.prepare_cached(
         "INSERT INTO access_changes (profile_id, access_level_id, active, reason, \
-         profile_event_id, expires_at, changed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+         profile_event_id, expires_at, changed_at, customer_user_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \
+         (SELECT customer_user_id FROM profiles WHERE profile_id = ?1))",
     )?
     .execute(params![
         profile_id,
@@ -481,12 +519,14 @@ pub fn record_change(
     Ok(conn.last_insert_rowid())
 }
 
-/// One row of `access_changes`, with the profile's `customer_user_id`.
+/// One row of `access_changes`.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct AccessChange {
     /// The cursor: pass the last one seen as `after`.
     pub seq: i64,
     pub profile_id: String,
+    /// The profile's `customer_user_id` when the change was recorded (for changes
+    /// recorded before schema version 3: when the file was upgraded).
     pub customer_user_id: Option<String>,
     pub access_level_id: String,
     /// `true`: gained access; `false`: lost it.
@@ -508,10 +548,9 @@ pub fn changes_after(
     limit: u32,
 ) -> Result<Vec<AccessChange>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT c.seq, c.profile_id, p.customer_user_id, c.access_level_id, c.active, c.reason, \
-         c.profile_event_id, c.expires_at, c.changed_at \
-         FROM access_changes AS c LEFT JOIN profiles AS p USING (profile_id) \
-         WHERE c.seq > ?1 AND c.seq <= ?2 ORDER BY c.seq LIMIT ?3",
+        "SELECT seq, profile_id, customer_user_id, access_level_id, active, reason, \
+         profile_event_id, expires_at, changed_at \
+         FROM access_changes WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
     )?;
     let rows = stmt.query_map(params![after, up_to, limit], |r| {
         Ok(AccessChange {
@@ -868,6 +907,55 @@ mod tests {
         assert_eq!(id, "e1");
     }
 
+    /// Version 2 → 3: each change recorded before gets its profile's `customer_user_id`
+    /// (what the feed said of it until then); one with no profile row, none.
+    #[test]
+    fn a_version_2_file_gets_the_user_of_each_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.db");
+        {
+            let v2 = Connection::open(&path).unwrap();
+            v2.execute_batch(include_str!("../../tests/fixtures/schema-v2.sql"))
+                .unwrap();
+            v2.execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 INSERT INTO profiles (profile_id, customer_user_id) VALUES ('p1', 'user-1');
+                 INSERT INTO access_changes (profile_id, access_level_id, active, reason, \
+                   changed_at) VALUES ('p1', 'premium', 1, 'subscription_started', 't'), \
+                   ('p2', 'premium', 1, 'subscription_started', 't');",
+            )
+            .unwrap();
+        }
+        let (conn, _lock) = open(&path, Synchronous::Full).unwrap();
+        assert_eq!(user_version(&conn), 3);
+        let users: Vec<(String, Option<String>)> = conn
+            .prepare("SELECT profile_id, customer_user_id FROM access_changes ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            users,
+            [("p1".into(), Some("user-1".into())), ("p2".into(), None)]
+        );
+        // A change recorded now takes the profile's user of this moment, and keeps it.
+        let seq = record_change(
+            &conn,
+            "p1",
+            "premium",
+            false,
+            ChangeReason::Expired,
+            None,
+            Timestamp::from_micros(0),
+        )
+        .unwrap();
+        conn.execute_batch("UPDATE profiles SET customer_user_id = 'user-2'")
+            .unwrap();
+        let change = changes_after(&conn, seq - 1, seq, 1).unwrap().remove(0);
+        assert_eq!(change.customer_user_id.as_deref(), Some("user-1"));
+    }
+
     /// The upgrade leaves WAL mode, which another connection on the file prevents: it
     /// stops with an error saying so and changes nothing; once that one closes, the
     /// next open upgrades.
@@ -894,7 +982,7 @@ mod tests {
 
         drop(other);
         let (conn, _lock) = open(&path, Synchronous::Full).unwrap();
-        assert_eq!(user_version(&conn), 2);
+        assert_eq!(user_version(&conn), SCHEMA_VERSION);
         let mode: String = conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();

@@ -190,6 +190,59 @@ async fn a_purchase_and_a_refund_each_report_one_flip_and_other_events_none() {
     );
 }
 
+/// A change names the user its profile had when it was recorded: a profile that later
+/// moves to another user does not take its past changes along (a consumer revoking by
+/// user must revoke the one who lost access). The column holds it, in the file too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_keeps_the_user_its_profile_had_then() {
+    let daemon = Daemon::start(&[]);
+    let t = now();
+    let profile = "prof-cf-owner";
+    daemon
+        .store_all(&[
+            subscription_started(profile)
+                .user("user-cf-then")
+                .at(t - days(3))
+                .expires(t + days(27)),
+            subscription_refunded(profile)
+                .user("user-cf-then")
+                .at(t - days(2))
+                .expires(t - days(2)),
+            // The profile moves to another user (an event that grants nothing).
+            Ev::new("trial_active", profile)
+                .user("user-cf-now")
+                .at(t - days(1)),
+            subscription_started(profile)
+                .user("user-cf-now")
+                .at(t - hours(1))
+                .expires(t + days(30)),
+        ])
+        .await;
+    let users: Vec<(bool, Value)> = changes_after(&daemon, 0)
+        .await
+        .iter()
+        .map(|c| {
+            (
+                c["active"].as_bool().unwrap(),
+                c["customer_user_id"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        users,
+        [
+            (true, json!("user-cf-then")),
+            (false, json!("user-cf-then")),
+            (true, json!("user-cf-now")),
+        ]
+    );
+    assert_eq!(
+        daemon.count("SELECT count(*) FROM access_changes WHERE customer_user_id = 'user-cf-then'"),
+        2
+    );
+    assert_eq!(daemon.user("user-cf-now").await["premium"], json!(true));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expiry_by_the_clock_reports_expired_with_no_event() {
     let daemon = Daemon::start(&[]);

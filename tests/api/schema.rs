@@ -7,14 +7,32 @@ use serde_json::json;
 /// The schema as version 1 shipped it (`schema.sql` before version 2).
 const SCHEMA_V1: &str = include_str!("../fixtures/schema-v1.sql");
 
-/// `(type, name, table, sql)` of every schema object, as `sqlite3 .schema` shows them.
+/// `(type, name, table, sql)` of every schema object, as `sqlite3 .schema` shows them,
+/// the sql without its comments and white space: a column added by `ALTER TABLE` (the
+/// upgrade to version 3) is written without schema.sql's comments and line breaks.
 fn schema_of(conn: &rusqlite::Connection) -> Vec<(String, String, String, Option<String>)> {
     let mut stmt = conn
         .prepare("SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY type, name")
         .unwrap();
     stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .unwrap()
-        .map(Result::unwrap)
+        .map(|row| {
+            let (kind, name, table, sql): (String, String, String, Option<String>) = row.unwrap();
+            (
+                kind,
+                name,
+                table,
+                sql.map(|s| without_comments_and_space(&s)),
+            )
+        })
+        .collect()
+}
+
+fn without_comments_and_space(sql: &str) -> String {
+    sql.lines()
+        .map(|line| line.split("--").next().unwrap_or_default())
+        .flat_map(str::chars)
+        .filter(|c| !c.is_whitespace())
         .collect()
 }
 
@@ -67,7 +85,8 @@ async fn a_version_1_file_is_upgraded_at_start_and_its_events_still_count() {
 
     let mut daemon = Daemon::start_in(dir.path(), &[]);
     assert!(
-        daemon.logs().contains("schema upgraded to version 2"),
+        daemon.logs().contains("schema upgraded to version 2")
+            && daemon.logs().contains("schema upgraded to version 3"),
         "{}",
         daemon.logs()
     );
@@ -75,7 +94,7 @@ async fn a_version_1_file_is_upgraded_at_start_and_its_events_still_count() {
     assert_eq!(
         conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
             .unwrap(),
-        2
+        3
     );
     let kept: Vec<(i64, String)> = conn
         .prepare("SELECT seq, profile_event_id FROM events ORDER BY seq")
@@ -118,7 +137,7 @@ async fn a_version_1_file_is_upgraded_at_start_and_its_events_still_count() {
 
     // Starting again upgrades nothing, and the log folds to what the table holds.
     daemon.restart();
-    assert_eq!(daemon.logs().matches("schema upgraded").count(), 1);
+    assert_eq!(daemon.logs().matches("schema upgraded").count(), 2);
     assert!(daemon.stop().success());
     let check = entitled()
         .args(["rebuild", "--check", "--db"])
