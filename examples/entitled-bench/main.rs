@@ -19,6 +19,7 @@
 //! | `--only-ingest` | off | only the ingest phase and its two baselines; no report |
 //! | `--only-lookups` | off | only start-up, the closed-loop lookup pairs and the paced 50 % pair; no report |
 //! | `--only-mixed` | off | only start-up (once), lookups alone and the mixed phase; no report |
+//! | `--fsync-delay-us N` | none (full run: a pass at 1000) | with `--only-ingest`: every fsync of the bench and the daemon N µs longer (a slower disk, emulated) |
 //! | `--out FILE` | `BENCHMARKS.md` (full run) | where to write the report; quick runs write none unless given |
 //!
 //! What it does, in order: builds `target/release/entitled`; ingest (64 clients POST
@@ -63,8 +64,16 @@ struct Args {
     only_ingest: bool,
     only_lookups: bool,
     only_mixed: bool,
+    fsync_delay_us: Option<u64>,
+    figures_to: Option<PathBuf>,
     out: Option<PathBuf>,
 }
+
+/// The full run measures the ingest phase once more on a disk whose every sync is this
+/// much slower (emulated), for what the commit-per-event target asks of the disk.
+const SLOWER_DISK_DELAY_US: u64 = 1000;
+/// Set in the environment of a run on the slower disk (with `LD_PRELOAD` of the shim).
+const DELAY_ENV: &str = "ENTITLED_BENCH_FSYNC_DELAY_US";
 
 /// The flags (`--help` prints them; the table above says the same).
 #[derive(clap::Parser)]
@@ -107,6 +116,16 @@ struct Flags {
     /// report: for working on what ingest does to lookups. No HTTP ceiling.
     #[arg(long, conflicts_with_all = ["only_ingest", "only_lookups"])]
     only_mixed: bool,
+    /// With --only-ingest: make every fsync and fdatasync of this benchmark and of the
+    /// daemon N microseconds longer, as on a slower disk (an LD_PRELOAD shim,
+    /// examples/entitled-bench/slow_fsync.c, built with `cc`). The full run does a pass
+    /// at 1000.
+    #[arg(long, requires = "only_ingest")]
+    fsync_delay_us: Option<u64>,
+    /// With --only-ingest: also write the figures as JSON to this file (how the full run
+    /// reads its pass on the slower disk).
+    #[arg(long, requires = "only_ingest", hide = true)]
+    figures_to: Option<PathBuf>,
     /// Where to write the report [default: BENCHMARKS.md; --quick: none].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -127,6 +146,8 @@ fn parse_args(repo: &Path) -> Args {
         only_ingest: flags.only_ingest,
         only_lookups: flags.only_lookups,
         only_mixed: flags.only_mixed,
+        fsync_delay_us: flags.fsync_delay_us,
+        figures_to: flags.figures_to,
         out: flags.out.or_else(|| {
             (!quick && !flags.only_ingest && !flags.only_lookups && !flags.only_mixed)
                 .then(|| repo.join("BENCHMARKS.md"))
@@ -161,24 +182,53 @@ const LOOKUP_PAIRS: usize = 3;
 /// paced and closed loop each.
 const MIXED_PAIRS: usize = 3;
 
+/// Where the run on the slower disk leaves its figures.
+fn tmp_figures(data_dir: &Path) -> PathBuf {
+    data_dir.join(format!("slower-disk-{}.json", std::process::id()))
+}
+
 fn load_avg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
 }
 
+/// Runs this example again with `args`, on the slower disk: `LD_PRELOAD` of the shim
+/// and its delay in the environment, so that the SQLite baselines here and the daemon it
+/// starts (which inherits both) sync alike.
+fn on_slower_disk(repo: &Path, data_dir: &Path, delay_us: u64, args: &[String]) -> Result<()> {
+    let shim = procs::build_slow_fsync(repo, data_dir)?;
+    eprintln!(
+        "slower disk: every fsync/fdatasync {delay_us} µs longer (LD_PRELOAD {})",
+        shim.display()
+    );
+    let status = std::process::Command::new(std::env::current_exe()?)
+        .args(args)
+        .env("LD_PRELOAD", &shim)
+        .env(DELAY_ENV, delay_us.to_string())
+        .status()?;
+    if !status.success() {
+        return Err(format!("the run on the slower disk failed: {status}").into());
+    }
+    Ok(())
+}
+
 fn run() -> Result<()> {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let args = parse_args(&repo);
-    let mut report = Report::default();
-    report.load_before = load_avg();
-    report.machine = report::machine();
-    let bin = procs::build_daemon(&repo)?;
     let data_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo.join("target"))
         .join("bench-data");
     std::fs::create_dir_all(&data_dir)?;
+    if let (Some(delay_us), None) = (args.fsync_delay_us, std::env::var_os(DELAY_ENV)) {
+        let again: Vec<String> = std::env::args().skip(1).collect();
+        return on_slower_disk(&repo, &data_dir, delay_us, &again);
+    }
+    let mut report = Report::default();
+    report.load_before = load_avg();
+    report.machine = report::machine();
+    let bin = procs::build_daemon(&repo)?;
 
     // Build (or reuse) the big database first, on both cores.
     let big_db = if args.only_ingest {
@@ -206,6 +256,37 @@ fn run() -> Result<()> {
         );
         eprintln!("database: {}", report.dataset);
         Some(big_db)
+    };
+
+    // The ingest phase on the slower disk, in a process of its own (the shim must be
+    // loaded from the start), before this one pins itself to the client's core: that
+    // process pins itself and its daemon the same way.
+    let slower_disk = if args.out.is_some() {
+        eprintln!("\n== ingest on a slower disk (emulated)");
+        let figures = tmp_figures(&data_dir);
+        let mut again = vec![
+            "--only-ingest".to_owned(),
+            "--fsync-delay-us".to_owned(),
+            SLOWER_DISK_DELAY_US.to_string(),
+            "--seconds".to_owned(),
+            args.seconds.to_string(),
+            "--connections".to_owned(),
+            args.connections.to_string(),
+            "--figures-to".to_owned(),
+            figures.display().to_string(),
+        ];
+        if args.quick {
+            again.push("--quick".to_owned());
+        }
+        if !args.pin {
+            again.push("--no-pin".to_owned());
+        }
+        on_slower_disk(&repo, &data_dir, SLOWER_DISK_DELAY_US, &again)?;
+        let read: report::IngestFigures = serde_json::from_slice(&std::fs::read(&figures)?)?;
+        std::fs::remove_file(&figures)?;
+        Some(read)
+    } else {
+        None
     };
 
     let (pin, pinning) = Pinning::apply(args.pin);
@@ -243,6 +324,9 @@ fn run() -> Result<()> {
         let startup_empty = daemon.poll_ready(Duration::from_secs(60))? - spawned;
         daemon.wait_line(Duration::from_secs(60))?;
         std::thread::sleep(Duration::from_millis(500));
+        if std::env::var_os(DELAY_ENV).is_some() && !procs::has_loaded(daemon.pid, "slow_fsync")? {
+            return Err("the daemon did not load the slower disk's shim".into());
+        }
         empty_rss = procs::rss_bytes(daemon.pid)?;
         report.daemon_threads = procs::threads(daemon.pid);
         let ingest_stats = runtime.block_on(load::run(
@@ -277,6 +361,11 @@ fn run() -> Result<()> {
             Duration::from_secs(if args.quick { 3 } else { 5 }),
         )?;
         eprintln!("commit per event: {per_event_rate:.0} rows/s over {per_event_rows} rows");
+        let sync = storage::sync_latency(tmp.path())?;
+        eprintln!(
+            "a 4 KiB write + fdatasync: {:.3} ms",
+            sync.as_secs_f64() * 1e3
+        );
         report.ingest(
             &ingest_stats,
             startup_empty,
@@ -284,19 +373,34 @@ fn run() -> Result<()> {
             ceiling_rows,
             per_event_rate,
             per_event_rows,
+            sync,
         );
+        if let Some(figures) = &slower_disk {
+            report.slower_disk(SLOWER_DISK_DELAY_US, figures);
+        }
+        if let Some(path) = &args.figures_to {
+            let figures = report::IngestFigures {
+                events_per_s: ingest_stats.rate(),
+                p99_ms: ingest_stats.ms(0.99),
+                ceiling: ceiling_rate,
+                per_event: per_event_rate,
+                sync_ms: sync.as_secs_f64() * 1e3,
+            };
+            std::fs::write(path, serde_json::to_vec(&figures)?)?;
+        }
 
         if big_db.is_none() {
             println!(
                 "ingest {:.0} events/s, p50 {:.3} ms, p99 {:.3} ms, daemon CPU {:.2}; \
                  storage ceiling {ceiling_rate:.0} rows/s ({:.2}); commit per event \
-                 {per_event_rate:.0} rows/s ({:.1}x)",
+                 {per_event_rate:.0} rows/s ({:.1}x); a 4 KiB write + fdatasync {:.3} ms",
                 ingest_stats.rate(),
                 ingest_stats.ms(0.50),
                 ingest_stats.ms(0.99),
                 ingest_stats.server_cpu,
                 ingest_stats.rate() / ceiling_rate,
                 ingest_stats.rate() / per_event_rate,
+                sync.as_secs_f64() * 1e3,
             );
             return Ok(());
         }

@@ -105,6 +105,35 @@ pub fn build_daemon(repo: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Builds `slow_fsync.c` (the slower disk of `--fsync-delay-us`) into `dir` with the C
+/// compiler (`$CC`, else `cc`: rusqlite's bundled SQLite needs one to build anyway).
+pub fn build_slow_fsync(repo: &Path, dir: &Path) -> Result<PathBuf> {
+    let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
+    let source = repo.join("examples/entitled-bench/slow_fsync.c");
+    let lib = dir.join("libentitled_bench_slow_fsync.so");
+    let status = Command::new(&cc)
+        .args(["-O2", "-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&source)
+        .status()
+        .map_err(|e| format!("{}: {e}", cc.to_string_lossy()))?;
+    if !status.success() {
+        return Err(format!(
+            "{} could not build {}",
+            cc.to_string_lossy(),
+            source.display()
+        )
+        .into());
+    }
+    Ok(lib)
+}
+
+/// Whether process `pid` has a file whose path contains `name` mapped (a library it
+/// loaded).
+pub fn has_loaded(pid: u32, name: &str) -> Result<bool> {
+    Ok(std::fs::read_to_string(format!("/proc/{pid}/maps"))?.contains(name))
+}
+
 /// A free loopback port (bound, read, released).
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
