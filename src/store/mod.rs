@@ -128,7 +128,7 @@ fn sync_wal(conn: &Connection) -> Result<(), StoreError> {
     };
     let wal = wal_path(file);
     let synced = match std::fs::File::open(&wal) {
-        Ok(file) => file.sync_data().and_then(|()| sync_directory_of(&wal)),
+        Ok(file) => file.sync_data().map(|()| sync_directory_of(&wal)),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(error) => Err(error),
     };
@@ -139,10 +139,17 @@ fn sync_wal(conn: &Connection) -> Result<(), StoreError> {
 }
 
 /// `fsync`s the directory that holds `file`, so that its entry (a file just created)
-/// is on disk.
-pub(crate) fn sync_directory_of(file: &Path) -> std::io::Result<()> {
-    let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
-    std::fs::File::open(dir.unwrap_or(Path::new("."))).and_then(|d| d.sync_all())
+/// is on disk. Best effort, as SQLite's own directory sync: some file systems cannot
+/// sync a directory (`EINVAL`), and a directory may not be readable; that is logged,
+/// never fatal (it was never needed before this sync existed).
+pub(crate) fn sync_directory_of(file: &Path) {
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if let Err(error) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(dir = %dir.display(), %error, "cannot sync the directory of the WAL");
+    }
 }
 
 /// The file SQLite opened for `conn`, as SQLite resolved it (absolute, symlinks

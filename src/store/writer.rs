@@ -405,7 +405,7 @@ impl Flusher {
                     // directory entry at its first sync of the file, which at NORMAL
                     // comes only with the first checkpoint: until then the events
                     // acknowledged here would hang on an entry not yet on disk.
-                    super::sync_directory_of(&wal.path)?;
+                    super::sync_directory_of(&wal.path);
                     wal.file = Some(file);
                     Ok(())
                 }),
