@@ -48,7 +48,7 @@ pub struct EventAnswer {
         (status = 200, description = "Stored or duplicate (verification: `{}` or `{\"adapty_check_response\": s}`)", body = EventAnswer),
         (status = 400, description = "Never processable: Adapty does not retry", body = ErrorBody),
         (status = 401, description = "Missing or wrong Authorization", body = ErrorBody),
-        (status = 403, description = "The sandbox token with a Production event", body = ErrorBody),
+        (status = 403, description = "The sandbox token with an event not marked Sandbox (Production, another environment, or none)", body = ErrorBody),
         (status = 503, description = "Transient (a body that stalled, a busy or failing store): Adapty retries", body = ErrorBody)
     ),
     security((), ("webhook_token" = []))

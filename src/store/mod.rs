@@ -322,7 +322,8 @@ fn copy_events_to_2(conn: &Connection) -> Result<(), StoreError> {
 /// (a consumer revoking by user would revoke the wrong one), and a `customer_user_id`
 /// committed but not yet synced could show beside a released change. Rows recorded
 /// before take the profile's current one: what the feed said of them until now. One
-/// transaction in WAL mode; no copy (the column is added in place).
+/// transaction in WAL mode; the table is not copied, but the fill rewrites its pages
+/// through the WAL (deploy/README.md says what that needs).
 fn upgrade_to_3(conn: &Connection, path: &str) -> Result<(), StoreError> {
     let started = std::time::Instant::now();
     tracing::info!(path, "upgrading the schema from version 2 to 3");
