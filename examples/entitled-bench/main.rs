@@ -120,7 +120,7 @@ struct Flags {
     /// daemon N microseconds longer, as on a slower disk (an LD_PRELOAD shim,
     /// examples/entitled-bench/slow_fsync.c, built with `cc`). The full run does a pass
     /// at 1000.
-    #[arg(long, requires = "only_ingest")]
+    #[arg(long, requires = "only_ingest", value_parser = procs::positive::<u64>)]
     fsync_delay_us: Option<u64>,
     /// With --only-ingest: also write the figures as JSON to this file (how the full run
     /// reads its pass on the slower disk).
@@ -261,7 +261,8 @@ fn run() -> Result<()> {
     // The ingest phase on the slower disk, in a process of its own (the shim must be
     // loaded from the start), before this one pins itself to the client's core: that
     // process pins itself and its daemon the same way.
-    let slower_disk = if args.out.is_some() {
+    let full_run = !args.only_ingest && !args.only_lookups && !args.only_mixed;
+    let slower_disk = if full_run && args.out.is_some() {
         eprintln!("\n== ingest on a slower disk (emulated)");
         let figures = tmp_figures(&data_dir);
         let mut again = vec![

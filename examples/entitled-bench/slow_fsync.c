@@ -5,6 +5,7 @@
  * Built by the bench with the C compiler rusqlite's build already needs; never part
  * of entitled. */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -20,12 +21,15 @@ __attribute__((constructor)) static void init(void) {
     prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
 }
 
+/* Sleeps the delay out, signals or not, and leaves errno as the real call set it. */
 static void slower(void) {
+    int saved = errno;
     if (delay_ns > 0) {
         struct timespec t = {delay_ns / 1000000000L, delay_ns % 1000000000L};
-        while (nanosleep(&t, &t) != 0) {
+        while (nanosleep(&t, &t) != 0 && errno == EINTR) {
         }
     }
+    errno = saved;
 }
 
 int fsync(int fd) {
