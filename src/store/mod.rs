@@ -141,7 +141,7 @@ fn sync_wal(conn: &Connection) -> Result<(), StoreError> {
 /// `fsync`s the directory that holds `file`, so that its entry (a file just created)
 /// is on disk. Best effort, as SQLite's own directory sync: some file systems cannot
 /// sync a directory (`EINVAL`), and a directory may not be readable; that is logged,
-/// never fatal (it was never needed before this sync existed).
+/// never fatal.
 pub(crate) fn sync_directory_of(file: &Path) {
     let dir = file
         .parent()
