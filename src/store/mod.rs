@@ -127,8 +127,8 @@ fn sync_wal(conn: &Connection) -> Result<(), StoreError> {
         return Ok(()); // in memory: nothing to sync
     };
     let wal = wal_path(file);
-    let synced = match std::fs::File::open(&wal) {
-        Ok(file) => file.sync_data().map(|()| sync_directory_of(&wal)),
+    let synced = match open_and_sync_wal(&wal) {
+        Ok(_) => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(error) => Err(error),
     };
@@ -138,11 +138,22 @@ fn sync_wal(conn: &Connection) -> Result<(), StoreError> {
     })
 }
 
+/// Opens the WAL at `wal`, `fdatasync`s it, and syncs its directory entry (a WAL this
+/// process created needs it; SQLite's own first sync of a new WAL does the same, which
+/// at NORMAL comes only with the first checkpoint). For the start-up sync and the sync
+/// thread's first.
+pub(crate) fn open_and_sync_wal(wal: &Path) -> std::io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new().write(true).open(wal)?;
+    file.sync_data()?;
+    sync_directory_of(wal);
+    Ok(file)
+}
+
 /// `fsync`s the directory that holds `file`, so that its entry (a file just created)
 /// is on disk. Best effort, as SQLite's own directory sync: some file systems cannot
 /// sync a directory (`EINVAL`), and a directory may not be readable; that is logged,
 /// never fatal.
-pub(crate) fn sync_directory_of(file: &Path) {
+fn sync_directory_of(file: &Path) {
     let dir = file
         .parent()
         .filter(|d| !d.as_os_str().is_empty())

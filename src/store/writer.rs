@@ -396,19 +396,10 @@ impl Flusher {
         };
         let synced = match &wal.file {
             Some(file) => file.sync_data(),
-            None => std::fs::OpenOptions::new()
-                .write(true)
-                .open(&wal.path)
-                .and_then(|file| {
-                    file.sync_data()?;
-                    // This process may have created the WAL. SQLite would sync its
-                    // directory entry at its first sync of the file, which at NORMAL
-                    // comes only with the first checkpoint: until then the events
-                    // acknowledged here would hang on an entry not yet on disk.
-                    super::sync_directory_of(&wal.path);
-                    wal.file = Some(file);
-                    Ok(())
-                }),
+            // This process may have created the WAL: its first sync takes the directory
+            // entry too, or the events acknowledged here would hang on an entry not yet
+            // on disk.
+            None => super::open_and_sync_wal(&wal.path).map(|file| wal.file = Some(file)),
         };
         if let Err(error) = synced {
             // After a failed fsync the kernel may have dropped the pages it could not
