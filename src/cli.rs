@@ -85,16 +85,15 @@ const IN_FLIGHT: usize = 2048;
 const REFUSALS_NAMED: u64 = 100;
 
 pub fn import(args: ImportArgs) -> Result<ImportSummary, CliError> {
-    let (conn, _lock) = store::open(&args.store.db, args.store.synchronous)?;
-    let names = Arc::new(args.projection.event_names.clone());
-    let decode_names = names.clone();
+    let (conn, _lock) = store::open(&args.store.db, args.store.synchronous.into())?;
+    let decoder = adapty::Decoder::new(args.projection.event_names.clone());
     let (handle, queue) = writer::queue();
     let thread = Writer {
         conn,
         index: Arc::new(Index::new()),
         status: Arc::new(Status::new()),
         rules: Arc::new(args.projection.rules()),
-        decode: Arc::new(move |body: &str| adapty::decode_stored(body, &decode_names)),
+        decode: Arc::new(decoder.clone()),
     }
     .start(queue)?;
 
@@ -125,7 +124,7 @@ pub fn import(args: ImportArgs) -> Result<ImportSummary, CliError> {
         }
         summary.lines += 1;
         let body = line.strip_suffix(b"\n").unwrap_or(&line);
-        let refused = match adapty::parse(body, &names) {
+        let refused = match adapty::parse(body, decoder.names()) {
             Err(error) => Some((error.code(), error.to_string())),
             Ok(Webhook::Verification { .. }) => Some((
                 "not_an_event",
@@ -192,8 +191,7 @@ fn progress_bar(size: Option<u64>, quiet: bool) -> ProgressBar {
 /// `entitled access`: the answer the HTTP API would give, from the file.
 pub fn access(args: AccessArgs) -> Result<(), CliError> {
     let conn = store::open_read_only(&args.db)?;
-    let names = args.projection.event_names.clone();
-    let decode = move |body: &str| adapty::decode_stored(body, &names);
+    let decoder = adapty::Decoder::new(args.projection.event_names.clone());
     let rules = args.projection.rules();
     let at = args.at.unwrap_or_else(Timestamp::now);
     let level = args.access_level.as_deref();
@@ -203,7 +201,7 @@ pub fn access(args: AccessArgs) -> Result<(), CliError> {
         (None, None) => (Vec::new(), None),
     };
     let index = match args.at {
-        Some(at) => history::index_as_of(&conn, &profile_ids, at, i64::MAX, &rules, &decode)?,
+        Some(at) => history::index_as_of(&conn, &profile_ids, at, i64::MAX, &rules, &decoder)?,
         None => history::index_now(&conn, &profile_ids)?,
     };
     let answer = match user {
@@ -300,9 +298,8 @@ fn write_access_table(out: &mut impl Write, answer: &Value) -> std::io::Result<(
 /// `entitled events`: a profile's timeline, with what each event did.
 pub fn events(args: EventsArgs) -> Result<(), CliError> {
     let conn = store::open_read_only(&args.db)?;
-    let names = args.projection.event_names.clone();
-    let decode = move |body: &str| adapty::decode_stored(body, &names);
-    let logged = history::profile_events(&conn, &args.profile_id, i64::MAX, &decode)?;
+    let decoder = adapty::Decoder::new(args.projection.event_names.clone());
+    let logged = history::profile_events(&conn, &args.profile_id, i64::MAX, &decoder)?;
     let explained = access::explain_profile(
         &args.profile_id,
         &logged,

@@ -2,7 +2,8 @@
 //! environment twin. `entitled serve --help` is the reference; README agrees with it.
 
 use crate::adapty::EventNames;
-use crate::projection::{Rules, SandboxPolicy};
+use crate::projection::{self, Rules};
+use crate::store;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use secrecy::SecretString;
 use std::collections::HashMap;
@@ -202,14 +203,42 @@ pub struct ProjectionArgs {
 
 impl ProjectionArgs {
     pub fn rules(&self) -> Rules {
-        Rules::new(self.product_levels.0.clone(), self.sandbox)
+        Rules::new(self.product_levels.0.clone(), self.sandbox.into())
     }
 }
 
+/// `--synchronous`: the store's [`store::Synchronous`], as the flag spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Synchronous {
     Full,
     Normal,
+}
+
+impl From<Synchronous> for store::Synchronous {
+    fn from(value: Synchronous) -> Self {
+        match value {
+            Synchronous::Full => store::Synchronous::Full,
+            Synchronous::Normal => store::Synchronous::Normal,
+        }
+    }
+}
+
+/// `--sandbox`: the projection's [`projection::SandboxPolicy`], as the flag spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SandboxPolicy {
+    /// Sandbox events grant access like production ones.
+    Grant,
+    /// Sandbox events are stored in the log but change no access.
+    Ignore,
+}
+
+impl From<SandboxPolicy> for projection::SandboxPolicy {
+    fn from(value: SandboxPolicy) -> Self {
+        match value {
+            SandboxPolicy::Grant => projection::SandboxPolicy::Grant,
+            SandboxPolicy::Ignore => projection::SandboxPolicy::Ignore,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

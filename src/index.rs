@@ -3,7 +3,6 @@
 //! so a reader never sees an answer the database could lose.
 
 use crate::projection::{AccessWindow, Entitlement};
-use crate::store::LevelRow;
 use crate::timestamp::Timestamp;
 use dashmap::DashMap;
 use smallvec::SmallVec;
@@ -16,6 +15,22 @@ use std::sync::{Arc, Mutex, PoisonError};
 /// webhooks it stores (which a token guards once set); a lookup's key is hashed but
 /// never stored.
 type RandomState = foldhash::fast::RandomState;
+
+/// One level as the store reads it at warm-up, borrowed from the row that holds it:
+/// the index keeps its own packed copy ([`LevelAccess`]).
+#[derive(Clone, Copy, Debug)]
+pub struct LevelRow<'a> {
+    pub access_level_id: &'a str,
+    pub store: Option<&'a str>,
+    pub vendor_product_id: Option<&'a str>,
+    pub environment: Option<&'a str>,
+    pub window: AccessWindow,
+    pub will_renew: bool,
+    pub in_grace_period: bool,
+    pub is_refund: bool,
+    /// `event_datetime` of the newest event folded into the level.
+    pub last_event_at: Timestamp,
+}
 
 /// What a level is, as opposed to its state. A database holds a handful of distinct
 /// combinations (levels × stores × products × environments), so the index keeps one

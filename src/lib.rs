@@ -25,7 +25,7 @@ use status::Status;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use store::writer::{self, Decode, Writer};
+use store::writer::{self, Writer};
 use store::ProfileRow;
 use timestamp::Timestamp;
 use tracing_actix_web::TracingLogger;
@@ -57,7 +57,7 @@ pub enum ServeError {
 /// SIGINT; then drain: stop accepting, finish requests in flight, commit what the
 /// writer holds, checkpoint, return.
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
-    let (conn, _lock) = store::open(&args.store.db, args.store.synchronous)?;
+    let (conn, _lock) = store::open(&args.store.db, args.store.synchronous.into())?;
     telemetry::metrics_handle();
 
     let status = Arc::new(Status::new());
@@ -66,7 +66,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     // page cache would leave it holding the profiles table, megabytes nobody reads.
     let profiles = store::with_mmap(&conn, || store::profile_count(&conn))?;
     let index = Arc::new(Index::with_capacity(profiles));
-    let event_names = Arc::new(args.projection.event_names.clone());
+    let decoder = adapty::Decoder::new(args.projection.event_names.clone());
     let (writer, queue) = writer::queue();
     let webhook_auth = WebhookAuth::new(
         [args.webhook_token, args.previous_webhook_token],
@@ -85,7 +85,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         writer: writer.clone(),
         index: index.clone(),
         status: status.clone(),
-        event_names: event_names.clone(),
+        decoder: decoder.clone(),
         rules: rules.clone(),
         webhook_auth,
         read_auth: ReadAuth::new(args.read_token),
@@ -161,13 +161,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "index warmed"
     );
-    let decode: Arc<Decode> = Arc::new(move |body: &str| adapty::decode_stored(body, &event_names));
     let writer_thread = Writer {
         conn,
         index,
         status: status.clone(),
         rules,
-        decode,
+        decode: Arc::new(decoder),
     }
     .start(queue)?;
     status.set_warmed();
@@ -216,11 +215,10 @@ pub fn rebuild(args: RebuildArgs) -> Result<store::rebuild::Summary, store::Stor
             path: args.store.db.display().to_string(),
         });
     }
-    let (mut conn, _lock) = store::open(&args.store.db, args.store.synchronous)?;
-    let names = args.projection.event_names.clone();
-    let decode = move |body: &str| adapty::decode_stored(body, &names);
+    let (mut conn, _lock) = store::open(&args.store.db, args.store.synchronous.into())?;
+    let decoder = adapty::Decoder::new(args.projection.event_names.clone());
     let rules = args.projection.rules();
-    store::rebuild::rebuild(&mut conn, &rules, &decode, !args.check, Timestamp::now())
+    store::rebuild::rebuild(&mut conn, &rules, &decoder, !args.check, Timestamp::now())
 }
 
 /// Loads committed state into the index: this thread reads SQLite and assembles whole
@@ -293,7 +291,7 @@ mod tests {
     fn warm_up_builds_what_applying_the_rows_builds() {
         let dir = tempfile::tempdir().unwrap();
         let (conn, _lock) =
-            store::open(&dir.path().join("e.db"), config::Synchronous::Normal).unwrap();
+            store::open(&dir.path().join("e.db"), store::Synchronous::Normal).unwrap();
         let applied = Index::new();
         let profiles = [
             "p1",

@@ -5,8 +5,8 @@
 use crate::gen::{self, GenEvent, EVENTS_PER_PROFILE};
 use crate::procs::{self, Pinning, Result};
 use entitled::adapty::{self, EventNames, Webhook};
-use entitled::config::Synchronous;
 use entitled::projection::{self, Event, Rules};
+use entitled::store::Synchronous;
 use entitled::timestamp::Timestamp;
 use rusqlite::{params, Connection};
 use std::collections::HashMap;

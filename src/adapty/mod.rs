@@ -139,12 +139,33 @@ pub fn parse(body: &[u8], names: &EventNames) -> Result<Webhook, ParseError> {
     })))
 }
 
-/// Reads back a body the `events` table holds, under the current names. `None` only
-/// for a body that is not an event (none is ever stored).
-pub fn decode_stored(body: &str, names: &EventNames) -> Option<Event> {
-    match parse(body.as_bytes(), names) {
-        Ok(Webhook::Event(received)) => Some(received.event),
-        _ => None,
+/// Reads back the bodies the `events` table holds, under the configured names: the one
+/// decoder the writer (refolding a level), `rebuild`, explain, time travel and the CLI
+/// share. Cloning is cheap.
+#[derive(Clone, Debug, Default)]
+pub struct Decoder {
+    names: Arc<EventNames>,
+}
+
+impl Decoder {
+    pub fn new(names: EventNames) -> Self {
+        Decoder {
+            names: Arc::new(names),
+        }
+    }
+
+    /// The names the webhook parser uses too.
+    pub fn names(&self) -> &EventNames {
+        &self.names
+    }
+
+    /// The event of a stored body. `None` only for a body that is not an event (none
+    /// is ever stored).
+    pub fn decode(&self, body: &str) -> Option<Event> {
+        match parse(body.as_bytes(), &self.names) {
+            Ok(Webhook::Event(received)) => Some(received.event),
+            _ => None,
+        }
     }
 }
 

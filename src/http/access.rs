@@ -455,13 +455,12 @@ pub async fn explain(
     ready_to_read(&request, &state)?;
     let profile_id = path.into_inner();
     let db = state.db_path.clone();
-    let (rules, names) = (state.rules.clone(), state.event_names.clone());
+    let (rules, decoder) = (state.rules.clone(), state.decoder.clone());
     let id = profile_id.clone();
     let up_to = state.status.released_event();
     let answer = web::block(move || {
         let conn = store::open_read_only(&db)?;
-        let decode = move |body: &str| adapty::decode_stored(body, &names);
-        let logged = history::profile_events(&conn, &id, up_to, &decode)?;
+        let logged = history::profile_events(&conn, &id, up_to, &decoder)?;
         Ok::<_, store::StoreError>(explain_profile(&id, &logged, &rules, Timestamp::now()))
     })
     .await
@@ -571,12 +570,11 @@ async fn as_of(
     at: Timestamp,
 ) -> Result<Index, ApiError> {
     let db = state.db_path.clone();
-    let (rules, names) = (state.rules.clone(), state.event_names.clone());
+    let (rules, decoder) = (state.rules.clone(), state.decoder.clone());
     let up_to = state.status.released_event();
     web::block(move || {
         let conn = store::open_read_only(&db)?;
-        let decode = move |body: &str| adapty::decode_stored(body, &names);
-        history::index_as_of(&conn, &profile_ids, at, up_to, &rules, &decode)
+        history::index_as_of(&conn, &profile_ids, at, up_to, &rules, &decoder)
     })
     .await
     .map_err(|e| ApiError::store_unavailable(&e))?

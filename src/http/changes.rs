@@ -3,7 +3,7 @@
 
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
-use crate::store::{self, AccessChange};
+use crate::store;
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -23,6 +23,42 @@ pub struct ChangesQuery {
     limit: Option<u32>,
     /// When there are none yet, wait up to this many seconds for one (at most 60).
     wait: Option<u64>,
+}
+
+/// One change of the feed: a row of `access_changes`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccessChange {
+    /// The cursor: pass the last one seen as `after`.
+    seq: i64,
+    profile_id: String,
+    /// The profile's `customer_user_id` when the change was recorded (for changes
+    /// recorded before schema version 3: when the file was upgraded).
+    customer_user_id: Option<String>,
+    access_level_id: String,
+    /// `true`: gained access; `false`: lost it.
+    active: bool,
+    /// The canonical event type that did it, `expired` or `started` (the clock), or
+    /// `rebuild`.
+    reason: String,
+    profile_event_id: Option<String>,
+    expires_at: Option<String>,
+    changed_at: String,
+}
+
+impl From<store::AccessChange> for AccessChange {
+    fn from(row: store::AccessChange) -> Self {
+        AccessChange {
+            seq: row.seq,
+            profile_id: row.profile_id,
+            customer_user_id: row.customer_user_id,
+            access_level_id: row.access_level_id,
+            active: row.active,
+            reason: row.reason,
+            profile_event_id: row.profile_event_id,
+            expires_at: row.expires_at,
+            changed_at: row.changed_at,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -70,7 +106,7 @@ pub async fn changes(
         if !found.is_empty() || done {
             let next_after = found.last().map_or(after, |c| c.seq);
             return Ok(HttpResponse::Ok().json(ChangesAnswer {
-                changes: found,
+                changes: found.into_iter().map(AccessChange::from).collect(),
                 next_after,
             }));
         }
@@ -89,7 +125,7 @@ async fn read(
     after: i64,
     up_to: i64,
     limit: u32,
-) -> Result<Vec<AccessChange>, ApiError> {
+) -> Result<Vec<store::AccessChange>, ApiError> {
     let path = state.db_path.clone();
     web::block(move || {
         let conn = store::open_read_only(&path)?;

@@ -10,7 +10,7 @@ pub mod error;
 pub mod health;
 pub mod webhook;
 
-use crate::adapty::EventNames;
+use crate::adapty::Decoder;
 use crate::index::Index;
 use crate::projection::Rules;
 use crate::status::Status;
@@ -37,7 +37,7 @@ pub struct AppState {
     pub writer: WriterHandle,
     pub index: Arc<Index>,
     pub status: Arc<Status>,
-    pub event_names: Arc<EventNames>,
+    pub decoder: Decoder,
     /// What the fold depends on: time travel and explain fold the log again.
     pub rules: Arc<Rules>,
     pub webhook_auth: WebhookAuth,

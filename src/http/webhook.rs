@@ -80,7 +80,7 @@ async fn handle(
     let body = tokio::time::timeout(BODY_WITHIN, read_body(&request, payload))
         .await
         .map_err(|_| ApiError::BodyTimeout(format!("not complete within {BODY_WITHIN:?}")))??;
-    let received = match adapty::parse(&body, &state.event_names)? {
+    let received = match adapty::parse(&body, state.decoder.names())? {
         Webhook::Verification {
             adapty_check: Some(check),
         } => {

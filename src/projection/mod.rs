@@ -21,7 +21,7 @@ use std::sync::Arc;
 pub const DEFAULT_ACCESS_LEVEL: &str = "premium";
 
 /// What `--sandbox` says about events from Adapty's sandbox environment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum SandboxPolicy {
     /// Sandbox events grant access like production ones.
     #[default]

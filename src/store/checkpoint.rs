@@ -25,7 +25,7 @@
 //! or skipped checkpoint loses nothing.
 
 use super::StoreError;
-use crate::config::Synchronous;
+use super::Synchronous;
 use rusqlite::wal::CheckpointMode;
 use rusqlite::Connection;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -27,7 +27,7 @@ pub fn profile_events(
     conn: &Connection,
     profile_id: &str,
     up_to: i64,
-    decode: &Decode,
+    decode: &dyn Decode,
 ) -> Result<Vec<LoggedEvent>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, event_type, received_at, body FROM events \
@@ -42,7 +42,8 @@ pub fn profile_events(
             seq,
             received_type: row.get(1)?,
             received_at: time(row.get(2)?)?,
-            event: decode(&body)
+            event: decode
+                .decode(&body)
                 .ok_or_else(|| StoreError::Corrupt(format!("event {seq} no longer parses")))?,
         });
     }
@@ -104,7 +105,7 @@ pub fn index_as_of(
     at: Timestamp,
     up_to: i64,
     rules: &Rules,
-    decode: &Decode,
+    decode: &dyn Decode,
 ) -> Result<Index, StoreError> {
     let index = Index::new();
     for profile_id in profile_ids {

@@ -6,7 +6,7 @@ pub mod history;
 pub mod rebuild;
 pub mod writer;
 
-use crate::config::Synchronous;
+use crate::index::LevelRow;
 use crate::projection::{AccessWindow, Entitlement, EventType};
 use crate::timestamp::Timestamp;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
@@ -28,6 +28,15 @@ pub const CACHE_KIB: i64 = 64 * 1024;
 /// How long a write waits for a lock another process holds (a person's `sqlite3`
 /// in a write transaction) before the request answers 503 and Adapty retries.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// SQLite's `synchronous` for the writer: `Full` makes every acknowledged commit
+/// survive power loss (the sync thread syncs the WAL before answering); `Normal`
+/// survives a crash of the process only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -538,20 +547,14 @@ pub fn record_change(
     Ok(conn.last_insert_rowid())
 }
 
-/// One row of `access_changes`.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+/// One row of `access_changes` (schema.sql says what each column holds).
+#[derive(Debug, Clone)]
 pub struct AccessChange {
-    /// The cursor: pass the last one seen as `after`.
     pub seq: i64,
     pub profile_id: String,
-    /// The profile's `customer_user_id` when the change was recorded (for changes
-    /// recorded before schema version 3: when the file was upgraded).
     pub customer_user_id: Option<String>,
     pub access_level_id: String,
-    /// `true`: gained access; `false`: lost it.
     pub active: bool,
-    /// The canonical event type that did it, `expired` or `started` (the clock), or
-    /// `rebuild`.
     pub reason: String,
     pub profile_event_id: Option<String>,
     pub expires_at: Option<String>,
@@ -694,21 +697,6 @@ pub fn newest_received(conn: &Connection) -> Result<Option<Timestamp>, StoreErro
         )
         .optional()?;
     time(newest)
-}
-
-/// One level as the read API shows it, borrowed from the row that holds it.
-#[derive(Clone, Copy, Debug)]
-pub struct LevelRow<'a> {
-    pub access_level_id: &'a str,
-    pub store: Option<&'a str>,
-    pub vendor_product_id: Option<&'a str>,
-    pub environment: Option<&'a str>,
-    pub window: AccessWindow,
-    pub will_renew: bool,
-    pub in_grace_period: bool,
-    pub is_refund: bool,
-    /// `event_datetime` of the newest event folded into the level.
-    pub last_event_at: Timestamp,
 }
 
 /// Column `i` of `row` as text, borrowed.

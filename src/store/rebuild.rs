@@ -55,7 +55,7 @@ impl fmt::Display for Summary {
 pub fn rebuild(
     conn: &mut Connection,
     rules: &Rules,
-    decode: &Decode,
+    decode: &dyn Decode,
     write: bool,
     now: Timestamp,
 ) -> Result<Summary, StoreError> {
@@ -74,7 +74,8 @@ pub fn rebuild(
             let profile_id: String = row.get(1)?;
             let stored_type: Option<String> = row.get(2)?;
             let body: String = row.get(3)?;
-            let event = decode(&body)
+            let event = decode
+                .decode(&body)
                 .ok_or_else(|| StoreError::Corrupt(format!("event {seq} no longer parses")))?;
             let canonical = event.event_type.map(|t| t.name());
             if stored_type.as_deref() != canonical {
@@ -202,8 +203,8 @@ fn reconcile(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Synchronous;
     use crate::projection::AccessWindow;
+    use crate::store::Synchronous;
 
     /// Rows of a profile with no events (made by hand) go, and the feed hears that the
     /// one it called active no longer is, as for any level a rebuild removes.
@@ -234,7 +235,7 @@ mod tests {
         save_entitlement(&conn, "by-hand", "premium", &entitlement, true).unwrap();
         save_entitlement(&conn, "by-hand", "gold", &entitlement, false).unwrap();
 
-        let decode = |_: &str| None;
+        let decode = |_: &str| None::<Event>;
         let summary = rebuild(&mut conn, &Rules::default(), &decode, true, now).unwrap();
         assert_eq!(summary.removed, 2);
         let rows: i64 = conn

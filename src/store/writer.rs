@@ -17,7 +17,7 @@
 
 use super::checkpoint::{Checkpointer, Thresholds};
 use super::{record_change, ChangeReason, StoreError};
-use crate::adapty::ReceivedEvent;
+use crate::adapty::{self, ReceivedEvent};
 use crate::index::{Change, Index};
 use crate::projection::{self, Event, Rules};
 use crate::status::Status;
@@ -52,8 +52,23 @@ pub enum Outcome {
 /// The writer's answer; the error is shared by every event of a failed batch.
 pub type Reply = Result<Outcome, Arc<StoreError>>;
 
-/// Re-reads a stored body as an event, for refolding a level from the log.
-pub type Decode = dyn Fn(&str) -> Option<Event> + Send + Sync;
+/// Re-reads a stored body as an event, for refolding a level from the log. In the
+/// daemon and the tools it is [`adapty::Decoder`]; tests may decode otherwise.
+pub trait Decode: Send + Sync {
+    fn decode(&self, body: &str) -> Option<Event>;
+}
+
+impl Decode for adapty::Decoder {
+    fn decode(&self, body: &str) -> Option<Event> {
+        adapty::Decoder::decode(self, body)
+    }
+}
+
+impl<F: Fn(&str) -> Option<Event> + Send + Sync> Decode for F {
+    fn decode(&self, body: &str) -> Option<Event> {
+        self(body)
+    }
+}
 
 enum Command {
     Ingest {
@@ -150,7 +165,7 @@ pub struct Writer {
     pub index: Arc<Index>,
     pub status: Arc<Status>,
     pub rules: Arc<Rules>,
-    pub decode: Arc<Decode>,
+    pub decode: Arc<dyn Decode>,
 }
 
 impl Writer {
@@ -502,7 +517,7 @@ fn ingest(
     received: &ReceivedEvent,
     now: Timestamp,
     rules: &Rules,
-    decode: &Decode,
+    decode: &dyn Decode,
     effects: &mut Effects,
 ) -> Result<Outcome, StoreError> {
     let event = &received.event;
@@ -620,7 +635,7 @@ fn level_log(
     event: &Event,
     level: &str,
     rules: &Rules,
-    decode: &Decode,
+    decode: &dyn Decode,
 ) -> Result<Vec<Event>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT body FROM events WHERE profile_id = ?1 AND profile_event_id <> ?2",
@@ -629,7 +644,7 @@ fn level_log(
     let mut events = vec![event.clone()];
     while let Some(row) = rows.next()? {
         let body: String = row.get(0)?;
-        let logged = decode(&body).ok_or_else(|| {
+        let logged = decode.decode(&body).ok_or_else(|| {
             StoreError::Corrupt(format!(
                 "a stored event of profile {} no longer parses",
                 event.profile_id
@@ -688,7 +703,7 @@ fn record_profile(
 mod tests {
     use super::*;
     use crate::adapty::{self, EventNames, Webhook};
-    use crate::config::Synchronous;
+    use crate::store::Synchronous;
 
     fn received(profile_id: &str, id: &str, at: &str) -> Box<ReceivedEvent> {
         let body = serde_json::json!({
@@ -746,9 +761,9 @@ mod tests {
         let path = dir.path().join("e.db");
         // Bodies of profile "poisoned" stop decoding after they are stored (as after a
         // bad upgrade), so refolding that profile fails.
-        let decode: Arc<Decode> = Arc::new(|body: &str| {
+        let decode: Arc<dyn Decode> = Arc::new(|body: &str| {
             (!body.contains("poisoned"))
-                .then(|| adapty::decode_stored(body, &EventNames::default()))
+                .then(|| adapty::Decoder::new(EventNames::default()).decode(body))
                 .flatten()
         });
         let mut writer = Writer {

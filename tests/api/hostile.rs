@@ -454,7 +454,7 @@ fn parse_checked(body: &[u8]) -> Result<Result<Webhook, ParseError>, TestCaseErr
             "the stored body must be the received bytes"
         );
         // What the writer and a rebuild decode from the stored body is this event.
-        let decoded = adapty::decode_stored(&received.body, names());
+        let decoded = adapty::Decoder::new(names().clone()).decode(&received.body);
         prop_assert_eq!(
             decoded.as_ref(),
             Some(event),
