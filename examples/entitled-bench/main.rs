@@ -6,7 +6,8 @@
 //! cargo run --release --example entitled-bench -- --quick # 100k profiles, 5 s phases
 //! ```
 //!
-//! Flags (after `--`): `--help`, from `entitled_loadgen::flags::Bench`.
+//! Flags (after `--`): `--help`, or the table in BENCHMARKS.md; both come from
+//! `entitled_loadgen::flags::Bench`.
 //!
 //! What it does, in order: builds `target/release/entitled`; ingest (64 clients POST
 //! realistic webhooks to a daemon on an empty database) against two rusqlite loops on
@@ -15,7 +16,9 @@
 //! memory on it; lookups against an actix-web server answering a constant body of the
 //! same size (the HTTP ceiling), closed loop in alternating pairs and paced at half the
 //! ceiling; lookups while ingesting at a steady rate. Then prints a table and writes
-//! BENCHMARKS.md. Timings never run under `cargo test`.
+//! BENCHMARKS.md: the figures and how to run it, nothing else (report.rs). What they
+//! mean, and how each is measured, is docs/performance.md. Timings never run under
+//! `cargo test`.
 
 mod ceiling;
 mod load;
@@ -51,6 +54,7 @@ struct Args {
     only_mixed: bool,
     fsync_delay_us: Option<u64>,
     figures_to: Option<PathBuf>,
+    rerender: Option<PathBuf>,
     out: Option<PathBuf>,
 }
 
@@ -77,6 +81,7 @@ fn parse_args(repo: &Path) -> Args {
         only_mixed: flags.only_mixed,
         fsync_delay_us: flags.fsync_delay_us,
         figures_to: flags.figures_to,
+        rerender: flags.rerender,
         out: flags.out.or_else(|| {
             (!quick && !flags.only_ingest && !flags.only_lookups && !flags.only_mixed)
                 .then(|| repo.join("BENCHMARKS.md"))
@@ -145,6 +150,19 @@ fn build_slow_fsync(repo: &Path, dir: &Path) -> Result<PathBuf> {
     Ok(lib)
 }
 
+/// `--rerender`: BENCHMARKS.md again from the figures saved in `from`, measuring nothing.
+fn rerender(from: &Path, out: &Path) -> Result<()> {
+    let saved = std::fs::read_to_string(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    let report = Report::saved_in(&saved).map_err(|e| format!("{}: {e}", from.display()))?;
+    std::fs::write(out, report.markdown()?)?;
+    eprintln!(
+        "wrote {} from the figures of {}",
+        out.display(),
+        from.display()
+    );
+    Ok(())
+}
+
 /// Runs this example again with `args`, on the slower disk: `LD_PRELOAD` of the shim
 /// and its delay in the environment, so that the SQLite baselines here and the daemon it
 /// starts (which inherits both) sync alike.
@@ -168,6 +186,13 @@ fn on_slower_disk(repo: &Path, data_dir: &Path, delay_us: u64, args: &[String]) 
 fn run() -> Result<()> {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let args = parse_args(&repo);
+    if let Some(from) = &args.rerender {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| repo.join("BENCHMARKS.md"));
+        return rerender(from, &out);
+    }
     let data_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo.join("target"))
@@ -180,6 +205,7 @@ fn run() -> Result<()> {
     let mut report = Report::default();
     report.load_before = load_avg();
     report.machine = report::machine();
+    report.commit = report::commit(&repo);
     let bin = procs::build_daemon(&repo)?;
 
     // Build (or reuse) the big database first, on both cores.
@@ -554,6 +580,7 @@ fn run() -> Result<()> {
         args.mixed_rate,
     );
     report.load_after = load_avg();
+    report.date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string();
     report.connections = args.connections;
     report.seconds = args.seconds;
     report.command = if args.quick {
@@ -565,9 +592,7 @@ fn run() -> Result<()> {
     let table = report.table();
     println!("\n{table}");
     if let Some(out) = &args.out {
-        let analysis = std::fs::read_to_string(repo.join("examples/entitled-bench/analysis.md"))
-            .unwrap_or_default();
-        std::fs::write(out, report.markdown(&table, &analysis))?;
+        std::fs::write(out, report.markdown()?)?;
         eprintln!("wrote {}", out.display());
     }
     Ok(())

@@ -1,12 +1,14 @@
 //! The command lines of the benchmark ([`Bench`]) and the soak ([`Soak`]): one clap
-//! parser for both, and the value checks they share.
+//! parser for both, the value checks they share, and the Markdown table of a command's
+//! flags that the benchmark writes into BENCHMARKS.md ([`markdown_table`]).
 //!
 //! Users' scripts call these flags: the tests below pin every name and default.
 
+use clap::builder::ArgAction;
 use std::path::PathBuf;
 
-/// The flags of `cargo run --release --example entitled-bench -- …`; `--help` prints
-/// them.
+/// The flags of `cargo run --release --example entitled-bench -- …`. `--help` prints
+/// them, and BENCHMARKS.md carries the same table ([`markdown_table`]).
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "entitled-bench",
@@ -58,10 +60,18 @@ pub struct Bench {
     /// reads its pass on the slower disk).
     #[arg(long, requires = "only_ingest", hide = true)]
     pub figures_to: Option<PathBuf>,
-    /// Where to write the report [default: BENCHMARKS.md for the full run; none for
-    /// --quick and the --only-* runs].
+    /// Where to write the report [default: BENCHMARKS.md for the full run and
+    /// --rerender; none for --quick and the --only-* runs].
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Measure nothing: write the report again from the figures that a full run saved
+    /// at the end of FILE (the BENCHMARKS.md it wrote), in this version's layout.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["quick", "only_ingest", "only_lookups", "only_mixed"]
+    )]
+    pub rerender: Option<PathBuf>,
 }
 
 /// The flags of `cargo run --release --example soak -- …`; `--help` prints them, and
@@ -123,6 +133,72 @@ pub fn finite_positive(text: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("{text:?} is not a positive number"))
 }
 
+/// The visible flags of `command` as a Markdown table (flag, default, meaning), from
+/// the same definitions as its `--help`, so that the two cannot disagree. A default
+/// clap does not know (an `Option` whose value depends on other flags) is written at
+/// the end of the help as `[default: …]`, as clap prints its own.
+pub fn markdown_table(command: &clap::Command) -> String {
+    let mut table = String::from("| flag | default | meaning |\n|---|---|---|\n");
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if arg.is_hide_set() || matches!(long, "help" | "version") {
+            continue;
+        }
+        let takes_value = !matches!(
+            arg.get_action(),
+            ArgAction::SetTrue | ArgAction::SetFalse | ArgAction::Count
+        );
+        let mut flag = format!("`--{long}");
+        if takes_value {
+            for name in arg.get_value_names().unwrap_or_default() {
+                flag.push(' ');
+                flag.push_str(name);
+            }
+        }
+        flag.push('`');
+        let help = arg
+            .get_long_help()
+            .or_else(|| arg.get_help())
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        let (meaning, stated) = match help.rsplit_once(" [default: ") {
+            Some((meaning, rest)) => {
+                let stated = rest.trim_end_matches('.').trim_end_matches(']');
+                (meaning.to_owned(), Some(stated.to_owned()))
+            }
+            None => (help, None),
+        };
+        let default = if !takes_value {
+            "off".to_owned()
+        } else if let Some(stated) = stated {
+            stated
+        } else {
+            let values: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            if values.is_empty() {
+                "none".to_owned()
+            } else {
+                values.join(", ")
+            }
+        };
+        table.push_str(&format!(
+            "| {flag} | {} | {} |\n",
+            cell(&default),
+            cell(&meaning)
+        ));
+    }
+    table
+}
+
+/// Text that stays inside one cell of a Markdown table.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +221,7 @@ mod tests {
         assert_eq!(b.fsync_delay_us, None);
         assert_eq!(b.figures_to, None);
         assert_eq!(b.out, None);
+        assert_eq!(b.rerender, None);
     }
 
     #[test]
@@ -182,6 +259,8 @@ mod tests {
         assert!(b.only_lookups);
         let b = Bench::try_parse_from(["entitled-bench", "--only-mixed"]).unwrap();
         assert!(b.only_mixed);
+        let b = Bench::try_parse_from(["entitled-bench", "--rerender", "BENCHMARKS.md"]).unwrap();
+        assert_eq!(b.rerender, Some(PathBuf::from("BENCHMARKS.md")));
     }
 
     #[test]
@@ -191,6 +270,7 @@ mod tests {
             &["--only-mixed", "--only-ingest"],
             &["--fsync-delay-us", "1000"],
             &["--figures-to", "f.json"],
+            &["--rerender", "B.md", "--quick"],
             &["--profiles", "0"],
             &["--connections", "-1"],
             &["--mixed-ingest-rate", "0"],
@@ -264,5 +344,26 @@ mod tests {
         assert!(positive::<f64>("NaN").is_err());
         assert_eq!(finite_positive("0.1"), Ok(0.1));
         assert!(finite_positive("inf").is_err());
+    }
+
+    #[test]
+    fn the_table_has_each_visible_flag_once() {
+        let table = markdown_table(&Bench::command());
+        for row in [
+            "| `--quick` | off | Development run:",
+            "| `--profiles N` | 1,000,000; --quick: 100,000 | Profiles in",
+            "| `--seconds S` | 10; --quick: 5 | Measured seconds",
+            "| `--connections N` | 64 | Client connections",
+            "| `--mixed-ingest-rate R` | 1000 | Events per second",
+            "| `--no-pin` | off |",
+            "| `--fsync-delay-us N` | none; the full run does one pass at 1000 |",
+            "| `--out FILE` | BENCHMARKS.md for the full run",
+            "| `--rerender FILE` | none |",
+        ] {
+            assert_eq!(table.matches(row).count(), 1, "{row:?} in\n{table}");
+        }
+        assert!(!table.contains("--figures-to"), "{table}");
+        assert!(!table.contains("--help"), "{table}");
+        assert_eq!(table.lines().count(), 2 + 12, "{table}");
     }
 }

@@ -7,7 +7,8 @@
 //! - [`procs`]: build and start the release daemon, wait for it, stop it with SIGTERM,
 //!   and read what `/proc` says about it (CPU time, resident memory).
 //! - [`flags`]: the command lines of the benchmark and of the soak, one clap parser for
-//!   both, with the value checks they share.
+//!   both, with the value checks they share and the Markdown table the benchmark's
+//!   report prints of its own flags.
 //!
 //! A workspace member, not a module included by path into each example: the root
 //! package's `cargo test` and `cargo clippy --all-targets` build and lint it (it is a
