@@ -8,15 +8,13 @@
 //! ```
 //!
 //! divan prints time per iteration and, with the counters below, events per second.
-//! The bodies come from the load tool's generator (examples/entitled-bench/gen.rs).
-
-#[path = "../examples/entitled-bench/gen.rs"]
-mod gen;
+//! The bodies come from the load tools' generator (`entitled_loadgen::gen`).
 
 use divan::counter::ItemsCount;
 use divan::{black_box, Bencher};
 use entitled::adapty::{self, EventNames};
 use entitled::projection::{self, Event, EventType, Rules};
+use entitled_loadgen::gen;
 
 fn main() {
     divan::main();

@@ -5,7 +5,7 @@
 //! cargo run --release --example soak -- --minutes 10
 //! ```
 //!
-//! Flags (after `--`):
+//! Flags (after `--`; `--help` prints the same, from `entitled_loadgen::flags::Soak`):
 //!
 //! | flag | default | meaning |
 //! |---|---|---|
@@ -33,15 +33,9 @@
 //!
 //! Not run by `cargo test`; the machine should be otherwise quiet.
 
-#[path = "entitled-bench/gen.rs"]
-mod gen;
-#[allow(dead_code)]
-#[path = "entitled-bench/procs.rs"]
-mod procs;
-
-use gen::Rng;
+use entitled_loadgen::gen::{self, Rng};
+use entitled_loadgen::procs::{self, Memory, Pinning, Result};
 use hdrhistogram::Histogram;
-use procs::{Pinning, Result};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,46 +46,6 @@ use std::time::{Duration, Instant};
 const NS: u64 = 7;
 /// A request not answered within this is counted as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The flags (`--help` prints them; the table above says the same).
-#[derive(clap::Parser)]
-#[command(
-    name = "soak",
-    about = "The release daemon under steady mixed load for a long time: does anything drift, and is every acknowledged event in the file?"
-)]
-struct Args {
-    /// How long the load runs (fractions allowed).
-    #[arg(long, default_value_t = 10.0, value_parser = finite_positive)]
-    minutes: f64,
-    /// Seconds between report rows.
-    #[arg(long, default_value_t = 30, value_parser = procs::positive::<u64>)]
-    report_every: u64,
-    /// Webhooks per second, paced (open loop).
-    #[arg(long, default_value_t = 200.0, value_parser = finite_positive)]
-    ingest_rate: f64,
-    /// Lookups per second, paced (open loop).
-    #[arg(long, default_value_t = 1000.0, value_parser = finite_positive)]
-    lookup_rate: f64,
-    /// Percent of webhooks that resend an event already sent.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=100))]
-    duplicates: u64,
-    /// Client connections of each stream (ingest, lookups).
-    #[arg(long, default_value_t = 16, value_parser = procs::positive::<usize>)]
-    connections: usize,
-    /// The daemon binary [default: `cargo build --release --bin entitled`].
-    #[arg(long)]
-    bin: Option<PathBuf>,
-    /// Keep the temporary directory (database, daemon log).
-    #[arg(long)]
-    keep: bool,
-}
-
-fn finite_positive(text: &str) -> std::result::Result<f64, String> {
-    procs::positive::<f64>(text)
-        .ok()
-        .filter(|n| n.is_finite())
-        .ok_or_else(|| format!("{text:?} is not a positive number"))
-}
 
 fn main() -> std::process::ExitCode {
     match run() {
@@ -180,37 +134,6 @@ impl Stream {
             &mut self.window.lock().expect("the tally lock"),
             Tally::new(),
         )
-    }
-}
-
-/// A process's memory from /proc/<pid>/status, in bytes.
-#[derive(Clone, Copy, Default)]
-struct Memory {
-    /// `VmRSS`: everything resident.
-    rss: u64,
-    /// `RssAnon`: the heap and stacks (what a leak grows).
-    anon: u64,
-    /// `RssFile`: resident pages of mapped files (the binary; SQLite's mmap).
-    file: u64,
-    /// `VmHWM`: the peak of `VmRSS`.
-    peak: u64,
-}
-
-fn memory(pid: u32) -> Memory {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    };
-    Memory {
-        rss: field("VmRSS:"),
-        anon: field("RssAnon:"),
-        file: field("RssFile:"),
-        peak: field("VmHWM:"),
     }
 }
 
@@ -387,7 +310,7 @@ fn describe(name: &str, t: &Tally) -> String {
 }
 
 fn run() -> Result<bool> {
-    let args = <Args as clap::Parser>::parse();
+    let args = <entitled_loadgen::flags::Soak as clap::Parser>::parse();
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let bin = match &args.bin {
         Some(bin) => bin.clone(),
@@ -401,7 +324,7 @@ fn run() -> Result<bool> {
     let mut server = procs::spawn_daemon(&bin, &Pinning { server_cpu: None }, &db, 0, &log)?;
     server.wait_line(Duration::from_secs(60))?;
     server.poll_ready(Duration::from_secs(60))?;
-    let at_start = memory(server.pid);
+    let at_start = procs::memory(server.pid);
     println!(
         "soak: {} for {} min: ingest {}/s ({}% resends), lookups {}/s, {} connections each; database {}",
         bin.display(),
@@ -469,7 +392,7 @@ fn run() -> Result<bool> {
             }
             let now = Instant::now();
             let (ingest, lookups) = (shared.ingest.take(), shared.lookups.take());
-            let now_memory = memory(server.pid);
+            let now_memory = procs::memory(server.pid);
             anon_highest = anon_highest.max(now_memory.anon);
             // (The last window may be empty when the end fell on a report.)
             if ingest.requests() + lookups.requests() > 0 || !workers.is_empty() {
@@ -488,7 +411,7 @@ fn run() -> Result<bool> {
         }
     });
     let elapsed = last_elapsed(start);
-    let at_end = memory(server.pid);
+    let at_end = procs::memory(server.pid);
 
     // Every acknowledged event must be in the file (read while the daemon still runs:
     // acknowledged means committed).

@@ -5,8 +5,18 @@
 //! `--serve-ceiling FILE`, under the same `taskset` as the daemon.
 
 use actix_web::{web, App, HttpResponse, HttpServer};
+use entitled_loadgen::procs::{self, Pinning, Result, Server};
 use std::io::Write;
 use std::net::TcpListener;
+use std::path::Path;
+
+/// Starts this example again as the HTTP-ceiling server, under the daemon's pinning.
+pub fn spawn(pin: &Pinning, body_file: &Path, log: &Path) -> Result<Server> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = pin.command(&exe);
+    cmd.arg("--serve-ceiling").arg(body_file);
+    procs::spawn_server(cmd, log, "ceiling listening on http://", 0)
+}
 
 pub struct Constant {
     body: web::Bytes,
@@ -15,7 +25,7 @@ pub struct Constant {
 }
 
 /// File layout: line 1 `Cache-Control` value, line 2 `ETag` value, then the body.
-pub fn write_file(path: &std::path::Path, head: &str, body: &[u8]) -> std::io::Result<()> {
+pub fn write_file(path: &Path, head: &str, body: &[u8]) -> std::io::Result<()> {
     let header = |name: &str| {
         head.lines()
             .find_map(|l| {
@@ -32,7 +42,7 @@ pub fn write_file(path: &std::path::Path, head: &str, body: &[u8]) -> std::io::R
     f.write_all(body)
 }
 
-pub fn serve(file: &std::path::Path) -> std::io::Result<()> {
+pub fn serve(file: &Path) -> std::io::Result<()> {
     let content = std::fs::read(file)?;
     let mut parts = content.splitn(3, |b| *b == b'\n');
     let mut next = || String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();

@@ -12,9 +12,9 @@
 //! counts in its latency. How late the pacer woke is recorded too: it is the client
 //! core's own hiccups, which every paced latency includes.
 
-use crate::gen::Rng;
-use crate::procs::{self, Result};
 use bytes::Bytes;
+use entitled_loadgen::gen::Rng;
+use entitled_loadgen::procs::{self, Result};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;

@@ -6,21 +6,8 @@
 //! cargo run --release --example entitled-bench -- --quick # 100k profiles, 5 s phases
 //! ```
 //!
-//! Flags (after `--`):
-//!
-//! | flag | default | meaning |
-//! |---|---|---|
-//! | `--quick` | off | development run: 100,000 profiles, 5 s phases, smaller baselines |
-//! | `--profiles N` | 1,000,000 (quick: 100,000) | profiles in the start-up/lookup database (4 events each) |
-//! | `--seconds S` | 10 (quick: 5) | measured seconds of each load phase (ingest: 1.5×) |
-//! | `--connections N` | 64 | client connections of the ingest and lookup phases |
-//! | `--mixed-ingest-rate R` | 1000 | events/s ingested during the mixed phase |
-//! | `--no-pin` | pinning on | do not `taskset` the daemon to core 0 and the client to core 1 |
-//! | `--only-ingest` | off | only the ingest phase and its two baselines; no report |
-//! | `--only-lookups` | off | only start-up, the closed-loop lookup pairs and the paced 50 % pair; no report |
-//! | `--only-mixed` | off | only start-up (once), lookups alone and the mixed phase; no report |
-//! | `--fsync-delay-us N` | none (full run: a pass at 1000) | with `--only-ingest`: every fsync of the bench and the daemon N µs longer (a slower disk, emulated) |
-//! | `--out FILE` | `BENCHMARKS.md` (full run) | where to write the report; quick runs write none unless given |
+//! Flags (after `--`): `--help`, or the table in BENCHMARKS.md; both come from
+//! `entitled_loadgen::flags::Bench`.
 //!
 //! What it does, in order: builds `target/release/entitled`; ingest (64 clients POST
 //! realistic webhooks to a daemon on an empty database) against two rusqlite loops on
@@ -28,18 +15,19 @@
 //! reuses the 1M-profile / 4M-event database in `target/bench-data/`; start-up time and
 //! memory on it; lookups against an actix-web server answering a constant body of the
 //! same size (the HTTP ceiling), closed loop in alternating pairs and paced at half the
-//! ceiling; lookups
-//! while ingesting at a steady rate. Then prints a table and writes BENCHMARKS.md.
-//! Timings never run under `cargo test`.
+//! ceiling; lookups while ingesting at a steady rate. Then prints a table and writes
+//! BENCHMARKS.md: the figures and how to run it, nothing else (report.rs). What they
+//! mean, and how each is measured, is docs/performance.md. Timings never run under
+//! `cargo test`.
 
 mod ceiling;
-mod gen;
 mod load;
-mod procs;
 mod report;
 mod storage;
 
 use bytes::Bytes;
+use entitled_loadgen::flags::Bench;
+use entitled_loadgen::{gen, procs};
 use hyper::Method;
 use load::{Mode, Req, Spec};
 use procs::{Pinning, Result, Server};
@@ -66,6 +54,7 @@ struct Args {
     only_mixed: bool,
     fsync_delay_us: Option<u64>,
     figures_to: Option<PathBuf>,
+    rerender: Option<PathBuf>,
     out: Option<PathBuf>,
 }
 
@@ -75,64 +64,8 @@ const SLOWER_DISK_DELAY_US: u64 = 1000;
 /// Set in the environment of a run on the slower disk (with `LD_PRELOAD` of the shim).
 const DELAY_ENV: &str = "ENTITLED_BENCH_FSYNC_DELAY_US";
 
-/// The flags (`--help` prints them; the table above says the same).
-#[derive(clap::Parser)]
-#[command(
-    name = "entitled-bench",
-    about = "The daemon over real HTTP on a real SQLite file; every figure a ratio against a baseline measured in the same run."
-)]
-struct Flags {
-    /// Development run: 100,000 profiles, 5 s phases, smaller SQLite baselines; writes
-    /// no report unless --out.
-    #[arg(long)]
-    quick: bool,
-    /// Profiles in the start-up / lookup database, 4 events each [default: 1,000,000;
-    /// --quick: 100,000].
-    #[arg(long, value_parser = procs::positive::<u64>)]
-    profiles: Option<u64>,
-    /// Measured seconds of each load phase (ingest: 1.5x) [default: 10; --quick: 5].
-    #[arg(long, value_parser = procs::positive::<u64>)]
-    seconds: Option<u64>,
-    /// Client connections of the ingest and lookup phases.
-    #[arg(long, default_value_t = 64, value_parser = procs::positive::<usize>)]
-    connections: usize,
-    /// Events per second ingested during the mixed phase.
-    #[arg(long, default_value_t = 1000.0, value_parser = procs::positive::<f64>)]
-    mixed_ingest_rate: f64,
-    /// Do not `taskset` the daemon to core 0 and the client to core 1.
-    #[arg(long)]
-    no_pin: bool,
-    /// Run only the ingest phase and its two SQLite baselines (no 1M-profile database),
-    /// print their figures and write no report: for working on the write path.
-    #[arg(long)]
-    only_ingest: bool,
-    /// Run only start-up and the lookups against the HTTP ceiling (closed-loop pairs, then
-    /// both paced at half the ceiling), print their figures and write no report: for
-    /// working on the read path.
-    #[arg(long, conflicts_with = "only_ingest")]
-    only_lookups: bool,
-    /// Run only start-up (once), lookups alone (closed loop, then paced at half that
-    /// rate) and the same beside a steady ingest, print their figures and write no
-    /// report: for working on what ingest does to lookups. No HTTP ceiling.
-    #[arg(long, conflicts_with_all = ["only_ingest", "only_lookups"])]
-    only_mixed: bool,
-    /// With --only-ingest: make every fsync and fdatasync of this benchmark and of the
-    /// daemon N microseconds longer, as on a slower disk (an LD_PRELOAD shim,
-    /// examples/entitled-bench/slow_fsync.c, built with `cc`). The full run does a pass
-    /// at 1000.
-    #[arg(long, requires = "only_ingest", value_parser = procs::positive::<u64>)]
-    fsync_delay_us: Option<u64>,
-    /// With --only-ingest: also write the figures as JSON to this file (how the full run
-    /// reads its pass on the slower disk).
-    #[arg(long, requires = "only_ingest", hide = true)]
-    figures_to: Option<PathBuf>,
-    /// Where to write the report [default: BENCHMARKS.md; --quick: none].
-    #[arg(long)]
-    out: Option<PathBuf>,
-}
-
 fn parse_args(repo: &Path) -> Args {
-    let flags = <Flags as clap::Parser>::parse();
+    let flags = <Bench as clap::Parser>::parse();
     let quick = flags.quick;
     Args {
         quick,
@@ -148,6 +81,7 @@ fn parse_args(repo: &Path) -> Args {
         only_mixed: flags.only_mixed,
         fsync_delay_us: flags.fsync_delay_us,
         figures_to: flags.figures_to,
+        rerender: flags.rerender,
         out: flags.out.or_else(|| {
             (!quick && !flags.only_ingest && !flags.only_lookups && !flags.only_mixed)
                 .then(|| repo.join("BENCHMARKS.md"))
@@ -193,11 +127,47 @@ fn load_avg() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// Builds `slow_fsync.c` (the slower disk of `--fsync-delay-us`) into `dir` with the C
+/// compiler (`$CC`, else `cc`: rusqlite's bundled SQLite needs one to build anyway).
+fn build_slow_fsync(repo: &Path, dir: &Path) -> Result<PathBuf> {
+    let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
+    let source = repo.join("examples/entitled-bench/slow_fsync.c");
+    let lib = dir.join("libentitled_bench_slow_fsync.so");
+    let status = std::process::Command::new(&cc)
+        .args(["-O2", "-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&source)
+        .status()
+        .map_err(|e| format!("{}: {e}", cc.to_string_lossy()))?;
+    if !status.success() {
+        return Err(format!(
+            "{} could not build {}",
+            cc.to_string_lossy(),
+            source.display()
+        )
+        .into());
+    }
+    Ok(lib)
+}
+
+/// `--rerender`: BENCHMARKS.md again from the figures saved in `from`, measuring nothing.
+fn rerender(from: &Path, out: &Path) -> Result<()> {
+    let saved = std::fs::read_to_string(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    let report = Report::saved_in(&saved).map_err(|e| format!("{}: {e}", from.display()))?;
+    std::fs::write(out, report.markdown()?)?;
+    eprintln!(
+        "wrote {} from the figures of {}",
+        out.display(),
+        from.display()
+    );
+    Ok(())
+}
+
 /// Runs this example again with `args`, on the slower disk: `LD_PRELOAD` of the shim
 /// and its delay in the environment, so that the SQLite baselines here and the daemon it
 /// starts (which inherits both) sync alike.
 fn on_slower_disk(repo: &Path, data_dir: &Path, delay_us: u64, args: &[String]) -> Result<()> {
-    let shim = procs::build_slow_fsync(repo, data_dir)?;
+    let shim = build_slow_fsync(repo, data_dir)?;
     eprintln!(
         "slower disk: every fsync/fdatasync {delay_us} µs longer (LD_PRELOAD {})",
         shim.display()
@@ -216,6 +186,13 @@ fn on_slower_disk(repo: &Path, data_dir: &Path, delay_us: u64, args: &[String]) 
 fn run() -> Result<()> {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let args = parse_args(&repo);
+    if let Some(from) = &args.rerender {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| repo.join("BENCHMARKS.md"));
+        return rerender(from, &out);
+    }
     let data_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo.join("target"))
@@ -228,6 +205,7 @@ fn run() -> Result<()> {
     let mut report = Report::default();
     report.load_before = load_avg();
     report.machine = report::machine();
+    report.commit = report::commit(&repo);
     let bin = procs::build_daemon(&repo)?;
 
     // Build (or reuse) the big database first, on both cores.
@@ -494,8 +472,7 @@ fn run() -> Result<()> {
     ceiling::write_file(&body_file, &head, &body)?;
     report.lookup_body = body.len();
     eprintln!("\n== HTTP ceiling: constant {}-byte body", body.len());
-    let mut ceiling_server =
-        procs::spawn_ceiling(&pin, &body_file, &tmp.path().join("ceiling.log"))?;
+    let mut ceiling_server = ceiling::spawn(&pin, &body_file, &tmp.path().join("ceiling.log"))?;
     ceiling_server.wait_line(Duration::from_secs(30))?;
     // Closed loop, in alternating pairs (ceiling, then lookups): this VM's speed drifts
     // by ±15 % within minutes, and a ceiling measured a minute away from the lookups
@@ -603,6 +580,7 @@ fn run() -> Result<()> {
         args.mixed_rate,
     );
     report.load_after = load_avg();
+    report.date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string();
     report.connections = args.connections;
     report.seconds = args.seconds;
     report.command = if args.quick {
@@ -614,9 +592,7 @@ fn run() -> Result<()> {
     let table = report.table();
     println!("\n{table}");
     if let Some(out) = &args.out {
-        let analysis = std::fs::read_to_string(repo.join("examples/entitled-bench/analysis.md"))
-            .unwrap_or_default();
-        std::fs::write(out, report.markdown(&table, &analysis))?;
+        std::fs::write(out, report.markdown()?)?;
         eprintln!("wrote {}", out.display());
     }
     Ok(())

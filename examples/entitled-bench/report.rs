@@ -1,22 +1,37 @@
-//! The table on stdout and BENCHMARKS.md.
+//! The table on stdout and BENCHMARKS.md: generated output only, the figures of one
+//! run and how to run it. What they mean is docs/performance.md, kept by hand.
+//!
+//! The figures are saved at the end of the file, so that a new layout can be written
+//! from them without a new run (`--rerender`).
 
 use crate::load::{stalls, Stats};
 use crate::MixedPair;
+use clap::CommandFactory;
+use entitled_loadgen::flags::{self, Bench};
+use entitled_loadgen::procs::Result;
 use std::fmt::Write as _;
 use std::time::Duration;
 
 /// One line of the table: a measurement, its same-run baseline, the ratio, the target.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Check {
-    pub name: &'static str,
+    pub name: String,
     pub value: String,
     pub baseline: String,
     pub ratio: String,
-    pub target: &'static str,
+    pub target: String,
     pub pass: Option<bool>,
 }
 
-#[derive(Default)]
+/// Everything BENCHMARKS.md says about a run, as text already formatted: what is
+/// saved in the file and read back by `--rerender`.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 pub struct Report {
+    /// When the run ended, `YYYY-MM-DD HH:MM UTC`.
+    pub date: String,
+    /// `git rev-parse --short=12 HEAD` when the run started, and whether the tree had
+    /// uncommitted changes; `None` for runs from before it was recorded.
+    pub commit: Option<String>,
     pub command: String,
     pub load_before: String,
     pub load_after: String,
@@ -25,13 +40,21 @@ pub struct Report {
     pub daemon_threads: usize,
     pub connections: usize,
     pub seconds: u64,
-    pub lookup_body: usize,
     pub machine: String,
-    pub startup_empty: Option<Duration>,
-    pub rss_after_lookups: u64,
     pub checks: Vec<Check>,
     pub details: Vec<String>,
+    /// What the checks are computed from, not shown as such.
+    #[serde(skip)]
+    pub lookup_body: usize,
+    #[serde(skip)]
+    pub startup_empty: Option<Duration>,
+    #[serde(skip)]
+    pub rss_after_lookups: u64,
 }
+
+/// The comment at the end of the file that holds the saved figures opens and closes so.
+const FIGURES_START: &str = "<!-- The figures of this run, which `--rerender` reads:\n";
+const FIGURES_END: &str = "\n-->\n";
 
 /// The figures of an `--only-ingest` run, as a re-run of this example on the slower
 /// disk hands them back (`--figures-to`).
@@ -111,18 +134,18 @@ impl Report {
     ) {
         let rate = s.rate();
         self.checks.push(Check {
-            name: "Ingest throughput vs storage ceiling",
+            name: "Ingest throughput vs storage ceiling".into(),
             value: format!(
                 "{rate:.0} events/s ({} stored, {} duplicate)",
                 s.stored, s.duplicate
             ),
             baseline: format!("{ceiling:.0} rows/s (rusqlite, 1000/tx, {ceiling_rows} rows)"),
             ratio: format!("{:.2}", rate / ceiling),
-            target: "≥ 0.50",
+            target: "≥ 0.50".into(),
             pass: Some(rate / ceiling >= 0.5),
         });
         self.checks.push(Check {
-            name: "Ingest throughput vs commit per event",
+            name: "Ingest throughput vs commit per event".into(),
             value: format!("{rate:.0} events/s"),
             baseline: format!(
                 "{per_event:.0} rows/s (rusqlite, 1 commit each, {per_event_rows} rows; \
@@ -130,15 +153,15 @@ impl Report {
                 ms(sync.as_secs_f64() * 1e3)
             ),
             ratio: format!("{:.1}×", rate / per_event),
-            target: "≥ 5×",
+            target: "≥ 5×".into(),
             pass: Some(rate / per_event >= 5.0),
         });
         self.checks.push(Check {
-            name: "Ingest latency at 64 connections",
+            name: "Ingest latency at 64 connections".into(),
             value: latencies(s),
             baseline: "–".into(),
             ratio: "–".into(),
-            target: "p99 < 100 ms",
+            target: "p99 < 100 ms".into(),
             pass: Some(s.ms(0.99) < 100.0),
         });
         self.details.push(detail("ingest (closed loop)", s));
@@ -151,7 +174,7 @@ impl Report {
         let median = sorted[sorted.len() / 2];
         let empty = self.startup_empty.unwrap_or_default();
         self.checks.push(Check {
-            name: "Start-up to /readyz 200",
+            name: "Start-up to /readyz 200".into(),
             value: format!(
                 "{:.2} s with {profiles} profiles (median of {}: {})",
                 median.as_secs_f64(),
@@ -167,7 +190,7 @@ impl Report {
                 "{:.0}×",
                 median.as_secs_f64() / empty.as_secs_f64().max(1e-6)
             ),
-            target: "< 5 s",
+            target: "< 5 s".into(),
             pass: Some(median < Duration::from_secs(5)),
         });
         let mut sorted_rss = rss.to_vec();
@@ -175,14 +198,14 @@ impl Report {
         let rss_median = sorted_rss[sorted_rss.len() / 2];
         let per_profile = rss_median.saturating_sub(empty_rss) as f64 / profiles as f64;
         self.checks.push(Check {
-            name: "Resident memory per profile",
+            name: "Resident memory per profile".into(),
             value: format!(
                 "{per_profile:.0} B/profile (VmRSS {:.1} MB)",
                 rss_median as f64 / 1e6
             ),
             baseline: format!("{:.1} MB (VmRSS, empty database)", empty_rss as f64 / 1e6),
             ratio: format!("{:.1}×", rss_median as f64 / empty_rss as f64),
-            target: "< 300 B/profile",
+            target: "< 300 B/profile".into(),
             pass: Some(per_profile < 300.0),
         });
     }
@@ -198,7 +221,7 @@ impl Report {
     ) {
         let pairs = ratio_list(pair_ratios);
         self.checks.push(Check {
-            name: "Lookup throughput vs HTTP ceiling",
+            name: "Lookup throughput vs HTTP ceiling".into(),
             value: format!(
                 "{:.0} req/s ({}); the median of {} alternating pairs, ratios {pairs}",
                 lookup.rate(),
@@ -212,11 +235,11 @@ impl Report {
                 latencies(ceiling)
             ),
             ratio: format!("{:.2}", lookup.rate() / ceiling.rate()),
-            target: "≥ 0.80",
+            target: "≥ 0.80".into(),
             pass: Some(lookup.rate() / ceiling.rate() >= 0.8),
         });
         self.checks.push(Check {
-            name: "Lookup p99 at 50 % of the ceiling rate",
+            name: "Lookup p99 at 50 % of the ceiling rate".into(),
             value: format!(
                 "{} at {:.0} req/s ({})",
                 ms(lookup_paced.ms(0.99)),
@@ -228,7 +251,7 @@ impl Report {
                 ms(ceiling_paced.ms(0.99))
             ),
             ratio: format!("{:.2}", lookup_paced.ms(0.99) / ceiling_paced.ms(0.99)),
-            target: "p99 < 1 ms",
+            target: "p99 < 1 ms".into(),
             pass: Some(lookup_paced.ms(0.99) < 1.0),
         });
         self.details.push(detail(
@@ -268,7 +291,7 @@ impl Report {
         ] {
             let list = ratio_list(ratios);
             self.checks.push(Check {
-                name,
+                name: name.into(),
                 value: format!(
                     "{} at {:.0} req/s, ingest {:.0}/s (p99 {}); the median of {} alternating \
                      pairs, ratios {list}",
@@ -280,7 +303,7 @@ impl Report {
                 ),
                 baseline: format!("{} ({baseline})", ms(pair.alone.ms(0.99))),
                 ratio: format!("{:.2}×", pair.ratio()),
-                target: "≤ 2×",
+                target: "≤ 2×".into(),
                 pass: Some(pair.ratio() <= 2.0),
             });
         }
@@ -307,7 +330,7 @@ impl Report {
     /// what the commit-per-event target needs of the disk. No verdict: not this disk.
     pub fn slower_disk(&mut self, delay_us: u64, f: &IngestFigures) {
         self.checks.push(Check {
-            name: "Ingest throughput vs commit per event, on an emulated slower disk",
+            name: "Ingest throughput vs commit per event, on an emulated slower disk".into(),
             value: format!(
                 "{:.0} events/s (p99 {}); storage ceiling {:.0} rows/s ({:.2})",
                 f.events_per_s,
@@ -322,7 +345,7 @@ impl Report {
                 ms(f.sync_ms)
             ),
             ratio: format!("{:.1}×", f.events_per_s / f.per_event),
-            target: "≥ 5× (on that disk)",
+            target: "≥ 5× (on that disk)".into(),
             pass: None,
         });
     }
@@ -357,20 +380,29 @@ impl Report {
         t
     }
 
-    pub fn markdown(&self, table: &str, analysis: &str) -> String {
-        let machine = &self.machine;
-        let now = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC");
-        format!(
+    /// BENCHMARKS.md: the run, its table of targets with verdicts, every phase, how to
+    /// run it (the flags from the same definitions as `--help`), and the figures saved
+    /// for `--rerender`. Nothing kept by hand: that is docs/performance.md.
+    pub fn markdown(&self) -> Result<String> {
+        let commit = self
+            .commit
+            .as_deref()
+            .unwrap_or("not recorded (the run predates this field)");
+        // serde_json leaves `>` alone, and "-->" can only occur inside a string, where
+        // `\u003e` reads back as the same `>`.
+        let figures = serde_json::to_string_pretty(self)?.replace("-->", "--\\u003e");
+        Ok(format!(
             "# Benchmarks\n\n\
-             <!-- Written by `{cmd}`; the analysis section below the figures is kept by hand in \
-             examples/entitled-bench/analysis.md. -->\n\n\
-             One command: `cargo run --release --example entitled-bench` (the daemon over real \
-             HTTP on a real SQLite file; every figure against a baseline measured in the same \
-             run, because absolute times drift on shared machines). `cargo bench --bench \
-             projection` runs the parser and projection micro-benchmarks. No timing runs under \
-             `cargo test`.\n\n\
+             <!-- Written by `cargo run --release --example entitled-bench` \
+             (examples/entitled-bench/report.rs); not edited by hand. -->\n\n\
+             The figures of one run of `cargo run --release --example entitled-bench`: the \
+             daemon over real HTTP on a real SQLite file, every figure against a baseline \
+             measured in the same run, because absolute times drift on shared machines. What \
+             each figure means, how it is measured and what was tried: \
+             [docs/performance.md](docs/performance.md).\n\n\
              ## This run\n\n\
-             - date: {now}\n\
+             - date: {date}\n\
+             - commit: {commit}\n\
              - command: `{cmd}`\n\
              - machine: {machine}\n\
              - load average (1/5/15 min) before: {before}; after: {after}\n\
@@ -384,8 +416,22 @@ impl Report {
              {table}\n\
              ### Every phase\n\n\
              {details}\n\
-             {analysis}",
+             ## How to run it\n\n\
+             ```sh\n\
+             cargo run --release --example entitled-bench                # full run, writes BENCHMARKS.md\n\
+             cargo run --release --example entitled-bench -- --quick     # 100k profiles, 5 s phases, writes nothing\n\
+             cargo run --release --example entitled-bench -- --help      # the flags (the table below)\n\
+             cargo run --example entitled-bench -- --rerender BENCHMARKS.md  # this file in a new layout, from its saved figures\n\
+             cargo bench --bench projection                              # parser / projection micro-benchmarks\n\
+             cargo run --release --example soak -- --minutes 10          # steady mixed load: drift, and no acknowledged event lost\n\
+             ```\n\n\
+             The first full run builds the 1M-profile database in `target/bench-data/` (~18 GB) \
+             and reuses it after. No timing runs under `cargo test`.\n\n\
+             {flags}\n\
+             {FIGURES_START}{figures}{FIGURES_END}",
+            date = self.date,
             cmd = self.command,
+            machine = self.machine,
             before = self.load_before,
             after = self.load_after,
             pinning = self.pinning,
@@ -394,9 +440,46 @@ impl Report {
             conns = self.connections,
             secs = self.seconds,
             ingest_secs = self.seconds as f64 * 1.5,
+            table = self.table(),
             details = self.details_table(),
-        )
+            flags = flags::markdown_table(&Bench::command()),
+        ))
     }
+
+    /// The figures saved at the end of a BENCHMARKS.md that [`Report::markdown`] wrote.
+    pub fn saved_in(markdown: &str) -> Result<Report> {
+        let start = markdown
+            .rfind(FIGURES_START)
+            .ok_or("no saved figures (a report from before --rerender, or not this tool's)")?
+            + FIGURES_START.len();
+        let len = markdown[start..]
+            .find(FIGURES_END)
+            .ok_or("the saved figures are cut short")?;
+        Ok(serde_json::from_str(&markdown[start..start + len])?)
+    }
+}
+
+/// The commit the run measures: `git rev-parse --short=12 HEAD`, and whether tracked
+/// files differ from it. `None` outside a git work tree.
+pub fn commit(repo: &std::path::Path) -> Option<String> {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(repo)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let head = git(&["rev-parse", "--short=12", "HEAD"])?;
+    Some(
+        match git(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(changes) if changes.is_empty() => head,
+            Some(_) => format!("{head}, with uncommitted changes"),
+            None => format!("{head} (status unknown)"),
+        },
+    )
 }
 
 /// nproc, CPU model, memory, kernel, rustc.

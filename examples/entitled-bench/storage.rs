@@ -2,12 +2,12 @@
 //! two storage baselines of the ingest test (batched transactions: the storage
 //! ceiling; one commit per event: the "commit per request" reference).
 
-use crate::gen::{self, GenEvent, EVENTS_PER_PROFILE};
-use crate::procs::{self, Pinning, Result};
 use entitled::adapty::{self, EventNames, Webhook};
 use entitled::projection::{self, Event, Rules};
 use entitled::store::Synchronous;
 use entitled::timestamp::Timestamp;
+use entitled_loadgen::gen::{self, GenEvent, EVENTS_PER_PROFILE};
+use entitled_loadgen::procs::{self, Pinning, Result};
 use rusqlite::{params, Connection};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

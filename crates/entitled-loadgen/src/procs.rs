@@ -1,5 +1,6 @@
-//! Processes: building and starting the daemon, the HTTP-ceiling server, pinning, and
-//! what /proc says about them (CPU time, resident memory).
+//! Processes: building and starting the daemon (or another server that prints a
+//! readiness line), pinning, and what /proc says about them (CPU time, resident
+//! memory). Linux only, like the tools.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -9,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// The tools print an error and exit; none of them matches on its kind.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -58,7 +60,8 @@ impl Pinning {
         )
     }
 
-    fn command(&self, program: &Path) -> Command {
+    /// `program`, under `taskset -c` when the server is pinned.
+    pub fn command(&self, program: &Path) -> Command {
         match self.server_cpu {
             Some(cpu) => {
                 let mut c = Command::new("taskset");
@@ -68,19 +71,6 @@ impl Pinning {
             None => Command::new(program),
         }
     }
-}
-
-/// A flag's value that must be a positive number; `_` may group digits (`1_000_000`).
-/// The `value_parser` of the bench's and the soak's clap flags.
-pub fn positive<T>(text: &str) -> std::result::Result<T, String>
-where
-    T: std::str::FromStr + PartialOrd + Default,
-{
-    text.replace('_', "")
-        .parse::<T>()
-        .ok()
-        .filter(|n| *n > T::default())
-        .ok_or_else(|| format!("{text:?} is not a positive number"))
 }
 
 /// Runs `cargo build --release --bin entitled` in the repository and returns the
@@ -105,29 +95,6 @@ pub fn build_daemon(repo: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// Builds `slow_fsync.c` (the slower disk of `--fsync-delay-us`) into `dir` with the C
-/// compiler (`$CC`, else `cc`: rusqlite's bundled SQLite needs one to build anyway).
-pub fn build_slow_fsync(repo: &Path, dir: &Path) -> Result<PathBuf> {
-    let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
-    let source = repo.join("examples/entitled-bench/slow_fsync.c");
-    let lib = dir.join("libentitled_bench_slow_fsync.so");
-    let status = Command::new(&cc)
-        .args(["-O2", "-shared", "-fPIC", "-o"])
-        .arg(&lib)
-        .arg(&source)
-        .status()
-        .map_err(|e| format!("{}: {e}", cc.to_string_lossy()))?;
-    if !status.success() {
-        return Err(format!(
-            "{} could not build {}",
-            cc.to_string_lossy(),
-            source.display()
-        )
-        .into());
-    }
-    Ok(lib)
-}
-
 /// Whether process `pid` has a file whose path contains `name` mapped (a library it
 /// loaded).
 pub fn has_loaded(pid: u32, name: &str) -> Result<bool> {
@@ -139,7 +106,7 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A server process this benchmark started; killed if dropped without [`Server::stop`].
+/// A server process a tool started; killed if dropped without [`Server::stop`].
 pub struct Server {
     child: Option<Child>,
     pub pid: u32,
@@ -173,18 +140,18 @@ pub fn spawn_daemon(bin: &Path, pin: &Pinning, db: &Path, port: u16, log: &Path)
     ] {
         cmd.env_remove(var);
     }
-    spawn(cmd, log, "entitled listening on http://", port)
+    spawn_server(cmd, log, "entitled listening on http://", port)
 }
 
-/// Starts this example again as the HTTP-ceiling server (see `ceiling.rs`).
-pub fn spawn_ceiling(pin: &Pinning, body_file: &Path, log: &Path) -> Result<Server> {
-    let exe = std::env::current_exe()?;
-    let mut cmd = pin.command(&exe);
-    cmd.arg("--serve-ceiling").arg(body_file);
-    spawn(cmd, log, "ceiling listening on http://", 0)
-}
-
-fn spawn(mut cmd: Command, log: &Path, line_prefix: &'static str, port: u16) -> Result<Server> {
+/// Starts `cmd` with its stderr to `log`, and watches its stdout for the line that
+/// starts with `line_prefix` and ends with the address it listens on (see
+/// [`Server::wait_line`]). Until then the address is `127.0.0.1:port`.
+pub fn spawn_server(
+    mut cmd: Command,
+    log: &Path,
+    line_prefix: &'static str,
+    port: u16,
+) -> Result<Server> {
     let log = std::fs::File::create(log)?;
     let mut child = cmd
         .stdin(Stdio::null())
@@ -298,16 +265,45 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String, Vec<u8>)> 
 /// VmRSS of a process, in bytes.
 pub fn rss_bytes(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
+    status_bytes(&status, "VmRSS:").ok_or_else(|| format!("no VmRSS for pid {pid}").into())
+}
+
+/// A process's memory from /proc/PID/status, in bytes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Memory {
+    /// `VmRSS`: everything resident.
+    pub rss: u64,
+    /// `RssAnon`: the heap and stacks (what a leak grows).
+    pub anon: u64,
+    /// `RssFile`: resident pages of mapped files (the binary; SQLite's mmap).
+    pub file: u64,
+    /// `VmHWM`: the peak of `VmRSS`.
+    pub peak: u64,
+}
+
+/// The memory of a process; zeros for what the kernel does not say (or a process
+/// that is gone): a soak's row must not fail on a sample.
+pub fn memory(pid: u32) -> Memory {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name| status_bytes(&status, name).unwrap_or(0);
+    Memory {
+        rss: field("VmRSS:"),
+        anon: field("RssAnon:"),
+        file: field("RssFile:"),
+        peak: field("VmHWM:"),
+    }
+}
+
+/// A `/proc/PID/status` field given in kB (`VmRSS:    1234 kB`), in bytes.
+fn status_bytes(status: &str, name: &str) -> Option<u64> {
+    let kb: u64 = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .ok_or("no VmRSS")?;
-    let kb: u64 = line
+        .find(|l| l.starts_with(name))?
         .split_whitespace()
-        .nth(1)
-        .ok_or("no VmRSS value")?
-        .parse()?;
-    Ok(kb * 1024)
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 /// Clock ticks per second of /proc/*/stat times.

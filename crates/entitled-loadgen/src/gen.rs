@@ -10,9 +10,6 @@
 //! user attributes, integration ids) and weigh 2–3 KB.
 //! See /work/shared/adapty-wire-format.md for the format.
 
-// Shared with benches/projection.rs through `#[path]`; each uses part of it.
-#![allow(dead_code)]
-
 use entitled::projection::{Event, EventType, Snapshot};
 use entitled::timestamp::Timestamp;
 use std::fmt::Write as _;
