@@ -2,16 +2,16 @@
 //! (writes, so it refuses beside a running daemon), `access` and `events` (read-only,
 //! safe beside one).
 
+use crate::access::explain::{self, ExplainedEvent};
+use crate::access::{self, LevelView};
 use crate::adapty::{self, Webhook};
 use crate::config::{AccessArgs, EventsArgs, ImportArgs};
-use crate::http::access;
 use crate::index::Index;
 use crate::status::Status;
 use crate::store::writer::{self, Outcome, Reply, Writer};
 use crate::store::{self, history, StoreError};
 use crate::timestamp::Timestamp;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
@@ -204,59 +204,68 @@ pub fn access(args: AccessArgs) -> Result<(), CliError> {
         Some(at) => history::index_as_of(&conn, &profile_ids, at, i64::MAX, &rules, &decoder)?,
         None => history::index_now(&conn, &profile_ids)?,
     };
-    let answer = match user {
+    let mut out = std::io::stdout().lock();
+    match user {
         Some(user) => {
             let ids = profile_ids
                 .iter()
                 .map(|id| Arc::from(id.as_str()))
                 .collect();
-            serde_json::to_value(access::user_answer(&index, user, ids, level, at))?
+            let answer = access::user_answer(&index, user, ids, level, at);
+            if args.json {
+                write_json(&mut out, &answer)?;
+            } else {
+                let profiles: Vec<&str> = answer.profile_ids.iter().map(|id| &**id).collect();
+                let who = format!(
+                    "user {} (profiles: {})",
+                    answer.customer_user_id,
+                    profiles.join(", ")
+                );
+                write_access_table(&mut out, &who, answer.premium, at, &answer.access_levels)?;
+            }
         }
         None => {
             let id = profile_ids.first().map(String::as_str).unwrap_or_default();
-            serde_json::to_value(access::profile_answer(&index, id, level, at))?
+            let answer = access::profile_answer(&index, id, level, at);
+            if args.json {
+                write_json(&mut out, &answer)?;
+            } else {
+                let who = format!(
+                    "profile {} (customer_user_id {})",
+                    answer.profile_id,
+                    answer.customer_user_id.as_deref().unwrap_or("-")
+                );
+                write_access_table(&mut out, &who, answer.premium, at, &answer.access_levels)?;
+            }
         }
-    };
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &answer)?;
-        writeln!(out)?;
-    } else {
-        write_access_table(&mut out, &answer)?;
     }
     Ok(())
 }
 
-fn write_access_table(out: &mut impl Write, answer: &Value) -> std::io::Result<()> {
-    let text = |v: &Value| match v {
-        Value::Null => "-".to_owned(),
-        Value::Bool(true) => "yes".to_owned(),
-        Value::Bool(false) => "no".to_owned(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let who = match (answer.get("profile_id"), answer.get("profile_ids")) {
-        (Some(id), _) => format!(
-            "profile {} (customer_user_id {})",
-            text(id),
-            text(&answer["customer_user_id"])
-        ),
-        (None, _) => format!(
-            "user {} (profiles: {})",
-            text(&answer["customer_user_id"]),
-            answer["profile_ids"]
-                .as_array()
-                .map(|ids| ids.iter().map(text).collect::<Vec<_>>().join(", "))
-                .unwrap_or_default()
-        ),
-    };
-    let premium = if answer["premium"] == Value::Bool(true) {
-        "PREMIUM"
-    } else {
-        "not premium"
-    };
-    writeln!(out, "{who}: {premium} at {}", text(&answer["checked_at"]))?;
-    let columns = [
+/// `--json`: the answer as the HTTP API's JSON, pretty, with keys sorted (through
+/// `serde_json::Value`, whose maps sort: what these commands have always printed).
+fn write_json(out: &mut impl Write, answer: &impl serde::Serialize) -> Result<(), CliError> {
+    serde_json::to_writer_pretty(&mut *out, &serde_json::to_value(answer)?)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn write_access_table(
+    out: &mut impl Write,
+    who: &str,
+    premium: bool,
+    checked_at: Timestamp,
+    levels: &BTreeMap<Arc<str>, LevelView>,
+) -> std::io::Result<()> {
+    let premium = if premium { "PREMIUM" } else { "not premium" };
+    writeln!(out, "{who}: {premium} at {checked_at}")?;
+    if levels.is_empty() {
+        return writeln!(out, "no access levels");
+    }
+    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_owned();
+    let text = |s: &Option<Arc<str>>| s.as_deref().unwrap_or("-").to_owned();
+    let mut rows = vec![[
+        "access_level",
         "active",
         "expires_at",
         "will_renew",
@@ -266,20 +275,21 @@ fn write_access_table(out: &mut impl Write, answer: &Value) -> std::io::Result<(
         "vendor_product_id",
         "store",
         "environment",
-    ];
-    let empty = serde_json::Map::new();
-    let levels = answer["access_levels"].as_object().unwrap_or(&empty);
-    if levels.is_empty() {
-        return writeln!(out, "no access levels");
-    }
-    let mut rows = vec![std::iter::once("access_level")
-        .chain(columns)
-        .map(str::to_owned)
-        .collect::<Vec<_>>()];
-    for (level, fields) in levels {
-        let mut row = vec![level.clone()];
-        row.extend(columns.iter().map(|c| text(&fields[*c])));
-        rows.push(row);
+    ]
+    .map(str::to_owned)];
+    for (level, view) in levels {
+        rows.push([
+            level.to_string(),
+            yes_no(view.active),
+            view.expires_at.map_or("-".to_owned(), |t| t.to_rfc3339()),
+            yes_no(view.will_renew),
+            yes_no(view.is_lifetime),
+            yes_no(view.in_grace_period),
+            yes_no(view.is_refund),
+            text(&view.vendor_product_id),
+            text(&view.store),
+            text(&view.environment),
+        ]);
     }
     let widths: Vec<usize> = (0..rows[0].len())
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
@@ -300,55 +310,39 @@ pub fn events(args: EventsArgs) -> Result<(), CliError> {
     let conn = store::open_read_only(&args.db)?;
     let decoder = adapty::Decoder::new(args.projection.event_names.clone());
     let logged = history::profile_events(&conn, &args.profile_id, i64::MAX, &decoder)?;
-    let explained = access::explain_profile(
+    let explained = explain::explain_profile(
         &args.profile_id,
         &logged,
         &args.projection.rules(),
         Timestamp::now(),
     );
-    let explained = serde_json::to_value(explained)?;
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &explained)?;
-        writeln!(out)?;
-        return Ok(());
+        return write_json(&mut out, &explained);
     }
     // One timeline across levels, by event_datetime, then arrival.
-    let mut lines: Vec<(String, String)> = Vec::new();
-    let line = |event: &Value, effect: String| {
-        let at = event["event_datetime"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+    let mut lines: Vec<(&str, String)> = Vec::new();
+    fn line(event: &ExplainedEvent, effect: String) -> (&str, String) {
         let text = format!(
-            "{at}  {:<34} {:<38} {effect}",
-            event["event_type"].as_str().unwrap_or_default(),
-            event["profile_event_id"].as_str().unwrap_or_default(),
+            "{}  {:<34} {:<38} {effect}",
+            event.event_datetime, event.event_type, event.profile_event_id,
         );
-        (at, text)
-    };
-    if let Some(levels) = explained["access_levels"].as_object() {
-        for (level, explained_level) in levels {
-            for event in explained_level["events"].as_array().into_iter().flatten() {
-                let changed: Vec<&str> = event["changed"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
-                let effect = if changed.is_empty() {
-                    format!("{level}: no change")
-                } else {
-                    format!("{level}: {}", changed.join("; "))
-                };
-                lines.push(line(event, effect));
-            }
+        (event.event_datetime.as_str(), text)
+    }
+    for (level, explained_level) in &explained.access_levels {
+        for event in &explained_level.events {
+            let effect = if event.changed.is_empty() {
+                format!("{level}: no change")
+            } else {
+                format!("{level}: {}", event.changed.join("; "))
+            };
+            lines.push(line(event, effect));
         }
     }
-    for event in explained["ignored_events"].as_array().into_iter().flatten() {
+    for event in &explained.ignored_events {
         lines.push(line(event, "touches no access level".to_owned()));
     }
-    lines.sort_by(|a, b| a.0.cmp(&b.0));
+    lines.sort_by(|a, b| a.0.cmp(b.0));
     if lines.is_empty() {
         writeln!(out, "no events for profile {}", args.profile_id)?;
     }

@@ -4,6 +4,7 @@
 //! HTTP ([`http`]) → wire format ([`adapty`]) → projection ([`projection`], pure) →
 //! store ([`store`], one writer) → index ([`index`], committed state in memory) → HTTP.
 
+pub mod access;
 pub mod adapty;
 pub mod cli;
 pub mod config;

@@ -1,14 +1,15 @@
-//! The read API: "is this profile (or user) premium right now?", answered from the
-//! in-memory index; "…as of then?" (`?at=`) and "why?" (`/explain`) answered from the
-//! event log. "No" is the common answer, not an error: an unknown profile or user is a
-//! 200 with `"premium": false`.
+//! The read API's handlers: "is this profile (or user) premium right now?", answered
+//! from the in-memory index; "…as of then?" (`?at=`) and "why?" (`/explain`) answered
+//! from the event log. The answers themselves are the read model's ([`crate::access`]);
+//! this file adds what HTTP needs: authorization, readiness, `ETag` and
+//! `Cache-Control`, and error mapping.
 
-use super::access_body;
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
+use crate::access::explain::{explain_profile, ExplainAnswer};
+use crate::access::{body, profile_answer, user_answer, ProfileAnswer, UserAnswer};
 use crate::adapty;
-use crate::index::{Index, LevelAccess};
-use crate::projection;
+use crate::index::Index;
 use crate::store::{self, history};
 use crate::telemetry;
 use crate::timestamp::Timestamp;
@@ -16,10 +17,8 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
-use std::cmp::Ordering;
-use std::collections::BTreeMap;
 use std::hash::BuildHasher;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use utoipa::{IntoParams, ToSchema};
 
 /// Callers may cache an answer this long at most, even when nothing is scheduled to
@@ -36,205 +35,6 @@ pub struct AccessQuery {
     /// Answer as of this instant (RFC 3339 or Adapty's `+0000` shape): what the events
     /// with `event_datetime` up to it said, evaluated at it.
     at: Option<String>,
-}
-
-/// One access level. Datetimes are RFC 3339 UTC with six fraction digits.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct LevelView {
-    /// Grants access at `checked_at`: the event said active, and the clock has not
-    /// ended it.
-    active: bool,
-    #[schema(value_type = Option<String>)]
-    expires_at: Option<Timestamp>,
-    #[schema(value_type = Option<String>)]
-    starts_at: Option<Timestamp>,
-    will_renew: bool,
-    is_lifetime: bool,
-    in_grace_period: bool,
-    is_refund: bool,
-    #[schema(value_type = Option<String>)]
-    store: Option<Arc<str>>,
-    #[schema(value_type = Option<String>)]
-    vendor_product_id: Option<Arc<str>>,
-    #[schema(value_type = Option<String>)]
-    environment: Option<Arc<str>>,
-    /// `event_datetime` of the newest event folded into the level.
-    #[schema(value_type = String)]
-    updated_at: Timestamp,
-    /// On the users route: the profile this level comes from.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>)]
-    profile_id: Option<Arc<str>>,
-    #[serde(skip)]
-    reach: (bool, Option<Timestamp>),
-}
-
-impl LevelView {
-    fn new(level: &LevelAccess, at: Timestamp, profile_id: Option<Arc<str>>) -> Self {
-        let w = level.window();
-        LevelView {
-            active: w.grants_at(at),
-            expires_at: w.expires_at,
-            starts_at: w.starts_at,
-            will_renew: level.will_renew,
-            is_lifetime: w.is_lifetime,
-            in_grace_period: level.in_grace_period,
-            is_refund: level.is_refund,
-            store: level.labels.store.clone(),
-            vendor_product_id: level.labels.vendor_product_id.clone(),
-            environment: level.labels.environment.clone(),
-            updated_at: level.updated_at,
-            profile_id,
-            reach: (w.is_lifetime || w.expires_at.is_none(), w.expires_at),
-        }
-    }
-}
-
-/// The next instant at which a level's answer changes with no new event: its expiry
-/// while it grants, its start while it waits for one.
-pub(super) fn next_change(level: &LevelAccess, at: Timestamp) -> Option<Timestamp> {
-    let w = level.window();
-    if w.grants_at(at) {
-        w.expires_at.filter(|_| !w.is_lifetime)
-    } else if w.is_active {
-        w.starts_at.filter(|start| *start > at)
-    } else {
-        None
-    }
-}
-
-/// A profile's access. An unknown profile is `premium: false` with no levels.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProfileAnswer {
-    profile_id: String,
-    #[schema(value_type = Option<String>)]
-    customer_user_id: Option<Arc<str>>,
-    /// Any listed level grants access at `checked_at`.
-    premium: bool,
-    #[schema(value_type = BTreeMap<String, LevelView>)]
-    access_levels: BTreeMap<Arc<str>, LevelView>,
-    /// The next instant this answer can change with no new event (an expiry, a grace
-    /// end, a `starts_at`); null when nothing is scheduled.
-    #[schema(value_type = Option<String>)]
-    valid_until: Option<Timestamp>,
-    // Must stay the last field: the ETag is a hash of the answer before it.
-    /// The instant the answer is for: now, or `at`.
-    #[schema(value_type = String)]
-    checked_at: Timestamp,
-}
-
-#[cfg(test)]
-impl ProfileAnswer {
-    pub(super) fn valid_until(&self) -> Option<Timestamp> {
-        self.valid_until
-    }
-}
-
-/// A user's access over every profile that carries the `customer_user_id`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct UserAnswer {
-    customer_user_id: String,
-    #[schema(value_type = Vec<String>)]
-    profile_ids: Vec<Arc<str>>,
-    premium: bool,
-    #[schema(value_type = BTreeMap<String, LevelView>)]
-    access_levels: BTreeMap<Arc<str>, LevelView>,
-    #[schema(value_type = Option<String>)]
-    valid_until: Option<Timestamp>,
-    // Must stay the last field: the ETag is a hash of the answer before it.
-    /// The instant the answer is for: now, or `at`.
-    #[schema(value_type = String)]
-    checked_at: Timestamp,
-}
-
-pub(super) fn wanted(level: &LevelAccess, access_level: Option<&str>) -> bool {
-    access_level.is_none_or(|wanted| **level.access_level_id() == *wanted)
-}
-
-/// The answer for one profile from an index, evaluated at `at`.
-pub fn profile_answer(
-    index: &Index,
-    profile_id: &str,
-    access_level: Option<&str>,
-    at: Timestamp,
-) -> ProfileAnswer {
-    let mut valid_until: Option<Timestamp> = None;
-    let (customer_user_id, access_levels) = index.with_profile(profile_id, |known| {
-        let Some(known) = known else {
-            return (None, BTreeMap::new());
-        };
-        let levels = known
-            .levels
-            .iter()
-            .filter(|level| wanted(level, access_level))
-            .map(|level| {
-                valid_until = earliest(valid_until, next_change(level, at));
-                (
-                    level.access_level_id().clone(),
-                    LevelView::new(level, at, None),
-                )
-            })
-            .collect();
-        (known.customer_user_id.clone(), levels)
-    });
-    ProfileAnswer {
-        profile_id: profile_id.to_owned(),
-        customer_user_id,
-        premium: access_levels.values().any(|l| l.active),
-        access_levels,
-        valid_until,
-        checked_at: at,
-    }
-}
-
-/// The answer for a user over `profile_ids` from an index, evaluated at `at`.
-pub fn user_answer(
-    index: &Index,
-    customer_user_id: &str,
-    profile_ids: Vec<Arc<str>>,
-    access_level: Option<&str>,
-    at: Timestamp,
-) -> UserAnswer {
-    let mut access_levels: BTreeMap<Arc<str>, LevelView> = BTreeMap::new();
-    let mut valid_until: Option<Timestamp> = None;
-    for profile_id in &profile_ids {
-        index.with_profile(profile_id, |known| {
-            for level in known.iter().flat_map(|p| &p.levels) {
-                if !wanted(level, access_level) {
-                    continue;
-                }
-                valid_until = earliest(valid_until, next_change(level, at));
-                let candidate = LevelView::new(level, at, Some(profile_id.clone()));
-                match access_levels.get(level.access_level_id()) {
-                    Some(best) if better(best, &candidate) != Ordering::Less => {}
-                    _ => {
-                        access_levels.insert(level.access_level_id().clone(), candidate);
-                    }
-                }
-            }
-        });
-    }
-    UserAnswer {
-        customer_user_id: customer_user_id.to_owned(),
-        profile_ids,
-        premium: access_levels.values().any(|l| l.active),
-        access_levels,
-        valid_until,
-        checked_at: at,
-    }
-}
-
-pub(super) fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// Across a user's profiles, the level to show: an active one over an inactive one;
-/// among those, lifetime or no end, then the later `expires_at`, then the newer event.
-fn better(a: &LevelView, b: &LevelView) -> Ordering {
-    (a.active, a.reach, &a.updated_at).cmp(&(b.active, b.reach, &b.updated_at))
 }
 
 /// Is this profile premium right now (or as of `at`)?
@@ -261,7 +61,7 @@ pub async fn profile(
     telemetry::lookup("profile");
     let profile_id = path.into_inner();
     let level = query.access_level.as_deref();
-    // Written straight from the index entry (access_body.rs): the same bytes as
+    // Written straight from the index entry (access/body.rs): the same bytes as
     // serializing `profile_answer(…)`, at a fraction of the cost.
     let past: Index;
     let (index, checked_at) = match parse_at(&query)? {
@@ -273,10 +73,10 @@ pub async fn profile(
     };
     let mut body = Vec::with_capacity(1024);
     let valid_until = index.with_profile(&profile_id, |known| {
-        access_body::write_profile(&mut body, &profile_id, known, level, checked_at)
+        body::write_profile(&mut body, &profile_id, known, level, checked_at)
     });
     let head = body.len();
-    access_body::close(&mut body, checked_at);
+    body::close(&mut body, checked_at);
     Ok(cacheable(&request, valid_until, body, head))
 }
 
@@ -399,41 +199,6 @@ pub async fn lookup(
     }))
 }
 
-/// One event as `explain` shows it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ExplainedEvent {
-    profile_event_id: String,
-    /// As received.
-    event_type: String,
-    /// Adapty's canonical name; null when no name map knows it.
-    canonical_type: Option<String>,
-    event_datetime: String,
-    received_at: Option<String>,
-    vendor_product_id: Option<String>,
-    /// What it changed in the level, in words; empty when nothing.
-    changed: Vec<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ExplainedLevel {
-    /// The state now (as the access route shows it).
-    state: Option<LevelView>,
-    /// The event that set the current `expires_at`.
-    expires_at_set_by: Option<String>,
-    /// Every event folded into the level, in the order they were folded.
-    events: Vec<ExplainedEvent>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ExplainAnswer {
-    profile_id: String,
-    access_levels: BTreeMap<String, ExplainedLevel>,
-    /// Stored events that touch no level (unknown or annotation types, ignored sandbox
-    /// events, consumables, snapshots without a level).
-    ignored_events: Vec<ExplainedEvent>,
-    checked_at: String,
-}
-
 /// Why is this profile (not) premium? Per level, the events that produced the state,
 /// what each changed, and which one set `expires_at`.
 #[utoipa::path(
@@ -467,77 +232,6 @@ pub async fn explain(
     .map_err(|e| ApiError::store_unavailable(&e))?
     .map_err(|e| ApiError::store_unavailable(&e))?;
     Ok(HttpResponse::Ok().json(answer))
-}
-
-/// Explains one profile from its logged events: also what `entitled events` prints.
-pub fn explain_profile(
-    profile_id: &str,
-    logged: &[history::LoggedEvent],
-    rules: &projection::Rules,
-    at: Timestamp,
-) -> ExplainAnswer {
-    let describe = |logged: &history::LoggedEvent, changed: Vec<String>| ExplainedEvent {
-        profile_event_id: logged.event.id.to_string(),
-        event_type: logged.received_type.clone(),
-        canonical_type: logged.event.event_type.map(|t| t.name().to_owned()),
-        event_datetime: logged.event.event_datetime.to_rfc3339(),
-        received_at: logged.received_at.map(Timestamp::to_rfc3339),
-        vendor_product_id: logged.event.vendor_product_id.as_deref().map(str::to_owned),
-        changed,
-    };
-    let mut by_level: BTreeMap<Arc<str>, Vec<&history::LoggedEvent>> = BTreeMap::new();
-    let mut ignored_events = Vec::new();
-    for logged in logged {
-        match rules.level_of(&logged.event) {
-            Some(level) => by_level.entry(level).or_default().push(logged),
-            None => ignored_events.push(describe(logged, Vec::new())),
-        }
-    }
-    let mut access_levels = BTreeMap::new();
-    for (level, logged_events) in by_level {
-        let by_id: BTreeMap<&str, &history::LoggedEvent> =
-            logged_events.iter().map(|l| (&*l.event.id, *l)).collect();
-        let steps = projection::fold_steps(logged_events.iter().map(|l| &l.event));
-        let mut before = None;
-        let mut expires_at_set_by = None;
-        let mut events = Vec::new();
-        for (event, after) in &steps {
-            let changed = projection::describe_change(before.as_ref(), after.as_ref());
-            let expiry =
-                |s: &Option<projection::Entitlement>| s.as_ref().map(|e| e.window.expires_at);
-            if expiry(&before) != expiry(after) {
-                expires_at_set_by = Some(event.id.to_string());
-            }
-            events.push(describe(by_id[&*event.id], changed));
-            before = after.clone();
-        }
-        let state = before.map(|e| {
-            let index = Index::new();
-            index.apply([crate::index::Change::Level {
-                profile_id: Arc::from(profile_id),
-                access_level_id: level.clone(),
-                entitlement: Some(e),
-            }]);
-            index.with_profile(profile_id, |p| {
-                p.and_then(|p| p.levels.first())
-                    .map(|l| LevelView::new(l, at, None))
-            })
-        });
-        access_levels.insert(
-            level.to_string(),
-            ExplainedLevel {
-                state: state.flatten(),
-                expires_at_set_by,
-                events,
-            },
-        );
-    }
-    ExplainAnswer {
-        profile_id: profile_id.to_owned(),
-        access_levels,
-        ignored_events,
-        checked_at: at.to_rfc3339(),
-    }
 }
 
 /// Authorized, and the index holds everything committed (else "no" could be wrong).

@@ -25,7 +25,7 @@ pub struct ChangesQuery {
     wait: Option<u64>,
 }
 
-/// One change of the feed: a row of `access_changes`.
+/// One row of `access_changes`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AccessChange {
     /// The cursor: pass the last one seen as `after`.

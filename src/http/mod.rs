@@ -3,7 +3,6 @@
 //! answers for what actix would otherwise answer in plain text.
 
 pub mod access;
-mod access_body;
 pub mod auth;
 pub mod changes;
 pub mod error;

@@ -1,9 +1,9 @@
 //! The profile answer's body, written straight from the index into bytes.
 //!
 //! `GET /profiles/{id}/access` is the route that must cost less than the network hop
-//! to it. Building a [`super::access::ProfileAnswer`] (a map, a view per level, shared
+//! to it. Building a [`super::ProfileAnswer`] (a map, a view per level, shared
 //! strings cloned) and handing it to serde's derive took half of a lookup's own CPU
-//! (BENCHMARKS.md). This writes the same bytes while the profile's index entry is
+//! (docs/performance.md#lookup-answer-written-from-the-index). This writes the same bytes while the profile's index entry is
 //! borrowed: field names as literals, strings through `serde_json`'s escaping, instants
 //! from a stack buffer. The derived serializer stays the reference: a property test
 //! holds the two byte for byte equal, and the OpenAPI schema comes from the derive.
@@ -12,7 +12,7 @@
 //! without when it was asked: [`write_profile`] stops before `checked_at`, the caller
 //! hashes that, then [`close`] appends `,"checked_at":"…"}`.
 
-use super::access::{earliest, next_change, wanted};
+use super::{earliest, next_change, wanted};
 use crate::index::{LevelAccess, ProfileAccess};
 use crate::timestamp::Timestamp;
 
@@ -126,7 +126,7 @@ fn optional_instant(out: &mut Vec<u8>, t: Option<Timestamp>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::access::profile_answer;
+    use crate::access::profile_answer;
     use crate::index::{Change, Index};
     use crate::projection::{AccessWindow, Entitlement, EventType};
     use proptest::prelude::*;
@@ -211,7 +211,7 @@ mod tests {
                 let valid_until = index.with_profile(id, |known| write_profile(&mut written, id, known, filter.as_deref(), at));
                 close(&mut written, at);
                 prop_assert_eq!(String::from_utf8(written).unwrap(), String::from_utf8(expected).unwrap());
-                prop_assert_eq!(valid_until, profile_answer(&index, id, filter.as_deref(), at).valid_until());
+                prop_assert_eq!(valid_until, profile_answer(&index, id, filter.as_deref(), at).valid_until);
             }
         }
     }
