@@ -5,12 +5,11 @@
 //! `Cache-Control`, and error mapping.
 
 use super::error::{ApiError, ErrorBody};
-use super::AppState;
+use super::{read_store, AppState};
 use crate::access::explain::{explain_profile, ExplainAnswer};
 use crate::access::{body, profile_answer, user_answer, ProfileAnswer, UserAnswer};
 use crate::adapty;
 use crate::index::Index;
-use crate::store::{self, history};
 use crate::telemetry;
 use crate::timestamp::Timestamp;
 use actix_web::http::header::{self, HeaderValue};
@@ -219,18 +218,18 @@ pub async fn explain(
 ) -> Result<HttpResponse, ApiError> {
     ready_to_read(&request, &state)?;
     let profile_id = path.into_inner();
-    let db = state.db_path.clone();
-    let (rules, decoder) = (state.rules.clone(), state.decoder.clone());
-    let id = profile_id.clone();
+    let rules = state.rules.clone();
     let up_to = state.status.released_event();
-    let answer = web::block(move || {
-        let conn = store::open_read_only(&db)?;
-        let logged = history::profile_events(&conn, &id, up_to, &decoder)?;
-        Ok::<_, store::StoreError>(explain_profile(&id, &logged, &rules, Timestamp::now()))
+    let answer = read_store(&state, move |reader| {
+        let logged = reader.profile_events(&profile_id, up_to)?;
+        Ok(explain_profile(
+            &profile_id,
+            &logged,
+            &rules,
+            Timestamp::now(),
+        ))
     })
-    .await
-    .map_err(|e| ApiError::store_unavailable(&e))?
-    .map_err(|e| ApiError::store_unavailable(&e))?;
+    .await?;
     Ok(HttpResponse::Ok().json(answer))
 }
 
@@ -263,16 +262,11 @@ async fn as_of(
     profile_ids: Vec<String>,
     at: Timestamp,
 ) -> Result<Index, ApiError> {
-    let db = state.db_path.clone();
-    let (rules, decoder) = (state.rules.clone(), state.decoder.clone());
     let up_to = state.status.released_event();
-    web::block(move || {
-        let conn = store::open_read_only(&db)?;
-        history::index_as_of(&conn, &profile_ids, at, up_to, &rules, &decoder)
+    read_store(state, move |reader| {
+        reader.index_as_of(&profile_ids, at, up_to)
     })
     .await
-    .map_err(|e| ApiError::store_unavailable(&e))?
-    .map_err(|e| ApiError::store_unavailable(&e))
 }
 
 /// Where the final `checked_at` field of a serialized answer begins (every answer type

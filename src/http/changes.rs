@@ -2,7 +2,7 @@
 //! lines: remember the last `seq`, ask for what came after, react, repeat.
 
 use super::error::{ApiError, ErrorBody};
-use super::AppState;
+use super::{read_store, AppState};
 use crate::store;
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -98,7 +98,7 @@ pub async fn changes(
         // Only up to what the writer has released: a change committed but not yet on
         // disk could vanish with the power, and its `seq` be given to another.
         let found = if newest_seen > after {
-            read(&state, after, newest_seen, limit).await?
+            read_store(&state, move |r| r.changes_after(after, newest_seen, limit)).await?
         } else {
             Vec::new()
         };
@@ -118,20 +118,4 @@ pub async fn changes(
             continue;
         }
     }
-}
-
-async fn read(
-    state: &AppState,
-    after: i64,
-    up_to: i64,
-    limit: u32,
-) -> Result<Vec<store::AccessChange>, ApiError> {
-    let path = state.db_path.clone();
-    web::block(move || {
-        let conn = store::open_read_only(&path)?;
-        store::changes_after(&conn, after, up_to, limit)
-    })
-    .await
-    .map_err(|e| ApiError::store_unavailable(&e))?
-    .map_err(|e| ApiError::store_unavailable(&e))
 }

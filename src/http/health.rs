@@ -63,16 +63,11 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let Ok(counts) = web::block(move || index.counts(now)).await else {
         return HttpResponse::ServiceUnavailable().finish();
     };
-    let file_size = |suffix: &str| {
-        let mut path = state.db_path.clone().into_os_string();
-        path.push(suffix);
-        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-    };
     let body = telemetry::scrape(telemetry::Snapshot {
         profiles: counts.profiles,
         entitlements: counts.entitlements,
         active_by_level: &counts.active_by_level,
-        database_bytes: file_size("") + file_size("-wal"),
+        database_bytes: state.reader.disk_bytes(),
         newest_event_age_seconds: state
             .status
             .newest_received()

@@ -13,7 +13,9 @@ use crate::adapty::Decoder;
 use crate::index::Index;
 use crate::projection::Rules;
 use crate::status::Status;
+use crate::store::reader::Reader;
 use crate::store::writer::WriterHandle;
+use crate::store::StoreError;
 use crate::telemetry;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -23,7 +25,6 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage};
 use auth::{ReadAuth, WebhookAuth};
 use error::ApiError;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Span;
@@ -37,12 +38,12 @@ pub struct AppState {
     pub index: Arc<Index>,
     pub status: Arc<Status>,
     pub decoder: Decoder,
-    /// What the fold depends on: time travel and explain fold the log again.
+    /// What the fold depends on: explain folds the log again.
     pub rules: Arc<Rules>,
+    /// The one read path to the store beyond the index.
+    pub reader: Arc<dyn Reader>,
     pub webhook_auth: WebhookAuth,
     pub read_auth: ReadAuth,
-    /// The database file, for its size in `/metrics`.
-    pub db_path: PathBuf,
 }
 
 /// The parts of the OpenAPI document that are not in a handler's annotation.
@@ -121,6 +122,19 @@ fn json_error(error: &JsonPayloadError) -> String {
         error.line(),
         error.column()
     )
+}
+
+/// Runs a read of the store on the blocking pool: the one path from a handler to the
+/// database. A failure is a 503: the caller may retry.
+pub async fn read_store<T: Send + 'static>(
+    state: &AppState,
+    read: impl FnOnce(&dyn Reader) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let reader = state.reader.clone();
+    web::block(move || read(&*reader))
+        .await
+        .map_err(|e| ApiError::store_unavailable(&e))?
+        .map_err(|e| ApiError::store_unavailable(&e))
 }
 
 pub async fn not_found() -> Result<&'static str, ApiError> {

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod history;
+pub mod reader;
 pub mod rebuild;
 pub mod writer;
 
@@ -62,6 +63,8 @@ pub enum StoreError {
     },
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+    #[error("cannot read the database now: {0}")]
+    Unavailable(String),
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
 }

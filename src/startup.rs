@@ -1,0 +1,413 @@
+//! `entitled serve`, from start to stop. [`serve`] is the table of contents; each step
+//! is a function below, in the order it runs.
+
+use crate::adapty::Decoder;
+use crate::config::ServeArgs;
+use crate::http::auth::{ReadAuth, WebhookAuth};
+use crate::http::{self, AppState};
+use crate::index::{AssembledProfile, Index, ProfileAssembler};
+use crate::status::Status;
+use crate::store::reader::SqliteReader;
+use crate::store::writer::{self, Queue, Writer, WriterHandle};
+use crate::store::{self, ProfileRow};
+use crate::telemetry;
+use actix_web::dev::ServerHandle;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tracing_actix_web::TracingLogger;
+use utoipa::OpenApi;
+use utoipa_actix_web::AppExt;
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot open the database: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the writer thread panicked")]
+    WriterPanicked,
+    #[error("warming the index panicked")]
+    WarmUpPanicked,
+    #[error("the HTTP server panicked")]
+    ServerPanicked,
+}
+
+/// Start-up: open and migrate the database, bind, serve (`/readyz` says 503 while the
+/// index warms), warm the index, start the writer, ready. Then serve until SIGTERM or
+/// SIGINT; then drain: stop accepting, finish requests in flight, commit what the
+/// writer holds, checkpoint, return.
+pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    let (conn, _lock) = store::open(&args.store.db, args.store.synchronous.into())?;
+    telemetry::metrics_handle();
+    let (state, queue) = build_state(&conn, &args)?;
+    let server = start_http(&args, state.clone())?;
+    stop_on_signal(state.status.clone(), server.handle.clone());
+    tracing::info!(addr = %server.addr, "listening; warming the index");
+    let conn = match warm_index(conn, &state, &args).await {
+        Ok(conn) => conn,
+        Err(error) => {
+            server.handle.stop(false).await;
+            return Err(error);
+        }
+    };
+    let writer_thread = start_writer(conn, &state, queue)?;
+    state.status.set_warmed();
+    tick_every_second(state.writer.clone());
+    announce(server.addr)?;
+    let served = server.task.await.map_err(|_| ServeError::ServerPanicked)?;
+    stop_writer(&state.writer, writer_thread).await?;
+    tracing::info!("stopped");
+    Ok(served?)
+}
+
+/// What every worker shares, built once outside the server factory, and the writer's
+/// queue (handlers may hold its handle, and be told to come back, while the index
+/// warms).
+fn build_state(
+    conn: &rusqlite::Connection,
+    args: &ServeArgs,
+) -> Result<(web::Data<AppState>, Queue), ServeError> {
+    let rules = Arc::new(args.projection.rules());
+    // Counted through the memory map, like the warm-up scan: a full scan through the
+    // page cache would leave it holding the profiles table, megabytes nobody reads.
+    let profiles = store::with_mmap(conn, || store::profile_count(conn))?;
+    let decoder = Decoder::new(args.projection.event_names.clone());
+    let (writer, queue) = writer::queue();
+    let webhook_auth = WebhookAuth::new(
+        [
+            args.webhook_token.clone(),
+            args.previous_webhook_token.clone(),
+        ],
+        [
+            args.sandbox_webhook_token.clone(),
+            args.previous_sandbox_webhook_token.clone(),
+        ],
+    );
+    if webhook_auth.is_open() {
+        tracing::warn!(
+            "NO WEBHOOK TOKEN IS SET: anyone who can reach POST /webhooks/adapty can grant access. \
+             Set --webhook-token (ENTITLED_WEBHOOK_TOKEN) to the Authorization value entered in Adapty."
+        );
+    }
+    let reader = SqliteReader::open(&args.store.db, decoder.clone(), rules.clone())?;
+    let state = web::Data::new(AppState {
+        writer,
+        index: Arc::new(Index::with_capacity(profiles)),
+        status: Arc::new(Status::new()),
+        decoder,
+        rules,
+        reader: Arc::new(reader),
+        webhook_auth,
+        read_auth: ReadAuth::new(args.read_token.clone()),
+    });
+    Ok((state, queue))
+}
+
+/// The HTTP server, bound and running.
+struct Running {
+    addr: SocketAddr,
+    handle: ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+fn start_http(args: &ServeArgs, state: web::Data<AppState>) -> Result<Running, ServeError> {
+    let server = HttpServer::new(move || {
+        let (app, openapi) = App::new()
+            .into_utoipa_app()
+            .openapi(http::ApiDoc::openapi())
+            .app_data(state.clone())
+            .app_data(http::query_config())
+            .app_data(http::json_config())
+            .configure(http::routes)
+            .split_for_parts();
+        app.app_data(web::Data::new(openapi))
+            .default_service(web::to(http::not_found))
+            .wrap(from_fn(http::observe))
+            .wrap(TracingLogger::<http::RootSpan>::new())
+    })
+    // Bounded everything: request heads must arrive within 5 s, idle keep-alive
+    // connections close after 30 s, and each worker holds at most 10,000 connections.
+    .client_request_timeout(Duration::from_secs(5))
+    .client_disconnect_timeout(Duration::from_secs(1))
+    .keep_alive(Duration::from_secs(30))
+    .max_connections(10_000)
+    // Applies to sockets the server binds itself (not to a listener handed to it).
+    .backlog(2048)
+    .bind(args.listen)
+    .map_err(|source| ServeError::Listen {
+        addr: args.listen,
+        source,
+    })?
+    .shutdown_timeout(args.shutdown_timeout)
+    // Our own handler: actix-server's stops gracefully on SIGTERM but drops requests
+    // in flight on SIGINT, and cannot wake the change feed's long polls.
+    .disable_signals();
+    // Port 0 means "any": say which one it was.
+    let addr = server.addrs().first().copied().unwrap_or(args.listen);
+    let server = server.run();
+    let handle = server.handle();
+    let task = actix_web::rt::spawn(server);
+    Ok(Running { addr, handle, task })
+}
+
+/// On SIGTERM or SIGINT: `/readyz` turns 503 and parked long polls answer now, so the
+/// drain that follows is short.
+fn stop_on_signal(status: Arc<Status>, handle: ServerHandle) {
+    actix_web::rt::spawn(async move {
+        match stop_signal().await {
+            Ok(signal) => tracing::info!(signal, "stopping: finishing requests in flight"),
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM/SIGINT; stopping");
+            }
+        }
+        status.set_stopped();
+        handle.stop(true).await;
+    });
+}
+
+/// Waits for SIGTERM or SIGINT; both mean "stop gracefully".
+async fn stop_signal() -> std::io::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    })
+}
+
+/// Loads committed state into the index on a blocking thread; gives the connection back
+/// for the writer.
+async fn warm_index(
+    conn: rusqlite::Connection,
+    state: &AppState,
+    args: &ServeArgs,
+) -> Result<rusqlite::Connection, ServeError> {
+    let started = Instant::now();
+    let (index, status) = (state.index.clone(), state.status.clone());
+    let conn =
+        actix_web::rt::task::spawn_blocking(move || warm(&conn, &index, &status).map(|()| conn))
+            .await
+            .map_err(|_| ServeError::WarmUpPanicked)??;
+    tracing::info!(
+        db = %args.store.db.display(),
+        profiles = state.index.profile_count(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "index warmed"
+    );
+    Ok(conn)
+}
+
+/// The writer thread (and its sync and checkpoint threads) on the warmed connection.
+fn start_writer(
+    conn: rusqlite::Connection,
+    state: &AppState,
+    queue: Queue,
+) -> Result<JoinHandle<()>, ServeError> {
+    let writer = Writer {
+        conn,
+        index: state.index.clone(),
+        status: state.status.clone(),
+        rules: state.rules.clone(),
+        decode: Arc::new(state.decoder.clone()),
+    };
+    Ok(writer.start(queue)?)
+}
+
+/// The clock ends access with no event: let the writer report expiries each second.
+fn tick_every_second(writer: WriterHandle) {
+    actix_web::rt::spawn(async move {
+        let mut every_second = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            every_second.tick().await;
+            writer.tick();
+        }
+    });
+}
+
+/// The one line on stdout: scripts and tests wait for it.
+fn announce(addr: SocketAddr) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "entitled listening on http://{addr}")?;
+    stdout.flush()
+}
+
+/// Commits what the writer holds, checkpoints, and waits for its thread.
+async fn stop_writer(writer: &WriterHandle, thread: JoinHandle<()>) -> Result<(), ServeError> {
+    writer.stop().await;
+    thread.join().map_err(|_| ServeError::WriterPanicked)
+}
+
+/// Loads committed state into the index: this thread reads SQLite and assembles whole
+/// profiles while a second one puts them in the map, whose random inserts miss the CPU
+/// cache (on two cores the two overlap; BENCHMARKS.md, Start-up).
+fn warm(
+    conn: &rusqlite::Connection,
+    index: &Index,
+    status: &Status,
+) -> Result<(), store::StoreError> {
+    status.record_commit(store::newest_received(conn)?);
+    // GET /changes reads the feed only when this says there is something past the
+    // cursor: without it, a restarted daemon would answer "nothing new" until the
+    // next change.
+    status.record_change(store::newest_change(conn)?);
+    status.release_events(store::newest_event(conn)?);
+    // Small chunks: profiles in flight are freed after warm-up but their memory stays
+    // with the process (10,000-row chunks left ~10 MB more resident on 100k profiles).
+    const CHUNK: usize = 1_000;
+    let (chunks, received) = std::sync::mpsc::sync_channel::<Vec<AssembledProfile>>(4);
+    std::thread::scope(|scope| {
+        let filler = scope.spawn(move || {
+            for (profile_id, profile) in received.into_iter().flatten() {
+                index.insert_profile(profile_id, profile);
+            }
+        });
+        let read = store::with_mmap(conn, || {
+            let mut assembler = ProfileAssembler::default();
+            let mut profiles = Vec::with_capacity(CHUNK);
+            let flush = |profiles: &mut Vec<AssembledProfile>| {
+                // The filler only stops early by panicking, which the join reports.
+                let _ = chunks.send(std::mem::replace(profiles, Vec::with_capacity(CHUNK)));
+            };
+            store::each_level_and_user(conn, |profile_id, row| {
+                let finished = match row {
+                    ProfileRow::Level(level) => assembler.level(index, profile_id, &level),
+                    ProfileRow::CustomerUserId(user) => {
+                        assembler.customer_user_id(profile_id, user)
+                    }
+                };
+                profiles.extend(finished);
+                if profiles.len() >= CHUNK {
+                    flush(&mut profiles);
+                }
+            })?;
+            profiles.extend(assembler.finish());
+            flush(&mut profiles);
+            Ok(())
+        });
+        drop(chunks);
+        match filler.join() {
+            Ok(()) => read,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::Change;
+    use crate::projection::{AccessWindow, Entitlement, EventType};
+    use crate::timestamp::Timestamp;
+
+    /// Warm-up assembles whole profiles from two scans merged by `profile_id`; the
+    /// writer applies changes one at a time. From the same rows, both must build the
+    /// same index: ids that sort differently as bytes and as numbers ("p10" < "p2"),
+    /// non-ASCII ids, profiles with levels and no user, a user and no levels, several
+    /// levels, a profile with neither, and two profiles sharing a user.
+    #[test]
+    fn warm_up_builds_what_applying_the_rows_builds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, _lock) =
+            store::open(&dir.path().join("e.db"), store::Synchronous::Normal).unwrap();
+        let applied = Index::new();
+        let profiles = [
+            "p1",
+            "p10",
+            "p2",
+            "p9",
+            "é-profile",
+            "z",
+            "p1-only-user",
+            "nothing",
+        ];
+        for (n, profile_id) in profiles.into_iter().enumerate() {
+            let levels = match profile_id {
+                "p1-only-user" | "nothing" => &[][..],
+                "p2" => &["premium", "gold", "a-level"][..],
+                "z" => &["premium", "ü-level"][..],
+                _ => &["premium"][..],
+            };
+            for (k, level) in levels.iter().enumerate() {
+                let at = |days: i64| {
+                    Some(Timestamp::from_micros(
+                        1_900_000_000_000_000 + days * 86_400_000_000,
+                    ))
+                };
+                let entitlement = Entitlement {
+                    window: AccessWindow {
+                        is_active: n % 2 == 0,
+                        is_lifetime: k == 1,
+                        expires_at: (k != 1).then(|| at(n as i64)).flatten(),
+                        starts_at: (n == 3).then(|| at(-1)).flatten(),
+                    },
+                    will_renew: k == 0,
+                    in_grace_period: n == 2,
+                    is_refund: n == 5,
+                    store: (n != 4).then(|| Arc::from(["app_store", "play_store"][k % 2])),
+                    vendor_product_id: Some(Arc::from(format!("product-{}", n % 3))),
+                    environment: (k == 0).then(|| Arc::from("Production")),
+                    last_event_id: Arc::from(format!("e-{n}-{k}")),
+                    last_event_type: EventType::SubscriptionStarted,
+                    last_event_at: at(-(n as i64)).unwrap(),
+                };
+                store::save_entitlement(&conn, profile_id, level, &entitlement, false).unwrap();
+                applied.apply([Change::Level {
+                    profile_id: profile_id.into(),
+                    access_level_id: (*level).into(),
+                    entitlement: Some(entitlement),
+                }]);
+            }
+            let user = match profile_id {
+                "p10" | "p2" => Some("shared-user"),
+                "p9" | "nothing" => None,
+                other => Some(other),
+            };
+            conn.execute(
+                "INSERT INTO profiles (profile_id, customer_user_id) VALUES (?1, ?2)",
+                rusqlite::params![profile_id, user],
+            )
+            .unwrap();
+            if let Some(user) = user {
+                applied.apply([Change::CustomerUserId {
+                    profile_id: profile_id.into(),
+                    customer_user_id: user.into(),
+                }]);
+            }
+        }
+
+        let warmed = Index::new();
+        warm(&conn, &warmed, &Status::new()).unwrap();
+
+        assert_eq!(warmed.profile_count(), applied.profile_count());
+        assert_eq!(
+            warmed.profile_count(),
+            profiles.len() - 1,
+            "\"nothing\" has no level and no user, so no entry"
+        );
+        for profile_id in profiles {
+            let read = |index: &Index| index.with_profile(profile_id, |p| p.cloned());
+            assert_eq!(read(&warmed), read(&applied), "{profile_id}");
+        }
+        assert_eq!(warmed.with_profile("p2", |p| p.unwrap().levels.len()), 3);
+        for user in ["shared-user", "p1", "z", "p1-only-user", "p9"] {
+            assert_eq!(
+                warmed.profiles_of_user(user),
+                applied.profiles_of_user(user),
+                "{user}"
+            );
+        }
+        assert_eq!(warmed.profiles_of_user("shared-user").len(), 2);
+    }
+}
