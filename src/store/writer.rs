@@ -377,11 +377,11 @@ impl Flusher {
         status: Arc<Status>,
     ) -> Result<Flusher, StoreError> {
         let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
-        let wal = match (synchronous >= 2, super::database_file(conn)) {
+        let wal = match (synchronous >= 2, super::open::database_file(conn)) {
             (true, Some(path)) => {
                 conn.pragma_update(None, "synchronous", "NORMAL")?;
                 Some(Wal {
-                    path: super::wal_path(path),
+                    path: super::open::wal_path(path),
                     file: None,
                 })
             }
@@ -414,7 +414,7 @@ impl Flusher {
             // This process may have created the WAL: its first sync takes the directory
             // entry too, or the events acknowledged here would hang on an entry not yet
             // on disk.
-            None => super::open_and_sync_wal(&wal.path).map(|file| wal.file = Some(file)),
+            None => super::open::open_and_sync_wal(&wal.path).map(|file| wal.file = Some(file)),
         };
         if let Err(error) = synced {
             // After a failed fsync the kernel may have dropped the pages it could not
