@@ -7,8 +7,8 @@
 //! - `entitlements`: the rows of `entitlements`, and the clock's query of them;
 //! - `changes`: the change feed's table, `access_changes`;
 //! - `warm`: the reads that warm the index at start-up;
-//! - [`writer`]: the writer thread and its queue, the SQL of each event, and the
-//!   thread that makes commits durable and then releases them;
+//! - [`writer`]: the writer thread and its queue; `ingest`: the SQL of each event;
+//!   `sync`: the thread that makes commits durable and then releases them;
 //! - [`checkpoint`], [`history`], [`rebuild`]: the checkpoint thread, a level's
 //!   stored history, and `entitled rebuild`.
 
@@ -19,8 +19,10 @@ pub mod writer;
 
 mod changes;
 mod entitlements;
+mod ingest;
 mod migrate;
 mod open;
+mod sync;
 mod warm;
 
 pub use changes::{changes_after, newest_change, record_change, AccessChange, ChangeReason};
