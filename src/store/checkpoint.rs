@@ -106,12 +106,12 @@ impl Checkpointer {
         writer: &mut Connection,
         thresholds: Thresholds,
     ) -> Result<Checkpointer, StoreError> {
-        let path = super::database_file(writer)
+        let path = super::open::database_file(writer)
             .ok_or_else(|| StoreError::Corrupt("the writer's database has no file".into()))?;
         // The thread's connection does the copying. At NORMAL, as at FULL, SQLite syncs
         // the WAL before a copy and the main file after it; FULL adds only the sync at
         // each commit, and this connection never commits.
-        let conn = super::connect(path, Synchronous::Normal)?;
+        let conn = super::open::connect(path, Synchronous::Normal)?;
         let shared = Arc::new(Shared::default());
         let ours = shared.clone();
         let thread = std::thread::Builder::new()

@@ -2,8 +2,9 @@
 //! answers that need more than the in-memory index (time travel, explain) and for the
 //! command-line tools. All read-only: safe beside a running daemon.
 
+use super::entitlements::{entitlement_row, time, ENTITLEMENT_COLUMNS};
 use super::writer::Decode;
-use super::{entitlement_row, time, StoreError, ENTITLEMENT_COLUMNS};
+use super::StoreError;
 use crate::index::{Change, Index};
 use crate::projection::{self, Event, Rules};
 use crate::timestamp::Timestamp;

@@ -2,10 +2,9 @@
 //! `--product-levels` or `--sandbox`, and as the check that the live table is what
 //! the log says (the crash tests use it).
 
+use super::entitlements::{entitlement_row, ENTITLEMENT_COLUMNS};
 use super::writer::Decode;
-use super::{
-    entitlement_row, record_change, save_entitlement, ChangeReason, StoreError, ENTITLEMENT_COLUMNS,
-};
+use super::{record_change, save_entitlement, ChangeReason, StoreError};
 use crate::projection::{self, Entitlement, Event, Rules};
 use crate::timestamp::Timestamp;
 use rusqlite::{params, Connection, TransactionBehavior};

@@ -14,20 +14,24 @@
 //! `synchronous=NORMAL` and the next batch's SQL runs during this batch's sync.
 //! A commit that was written but not yet synced when the power goes is lost, and was
 //! never acknowledged: Adapty sends it again.
+//!
+//! Here: the queue, the handles' end of it, and the writer thread. Each event's SQL is
+//! in `ingest`; the sync thread is in `sync`.
 
 use super::checkpoint::{Checkpointer, Thresholds};
-use super::{record_change, ChangeReason, StoreError};
+use super::ingest::{ingest, report_clock, Effects};
+use super::sync::{Committed, Flusher};
+use super::StoreError;
 use crate::adapty::{self, ReceivedEvent};
-use crate::index::{Change, Index};
-use crate::projection::{self, Event, Rules};
+use crate::index::Index;
+use crate::projection::{Event, Rules};
 use crate::status::Status;
 use crate::telemetry;
 use crate::timestamp::Timestamp;
-use rusqlite::{params, Connection, TransactionBehavior};
-use std::path::PathBuf;
+use rusqlite::{Connection, TransactionBehavior};
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 /// How many events one transaction takes at most.
@@ -154,9 +158,9 @@ pub fn queue() -> (WriterHandle, Queue) {
 /// The receiving end of [`queue`].
 pub struct Queue(mpsc::Receiver<Command>);
 
-struct Ingest {
-    event: Box<ReceivedEvent>,
-    reply: oneshot::Sender<Reply>,
+pub(super) struct Ingest {
+    pub(super) event: Box<ReceivedEvent>,
+    pub(super) reply: oneshot::Sender<Reply>,
 }
 
 /// Everything the writer thread owns.
@@ -344,361 +348,6 @@ fn cache_kib(pages: i64, page_size: i64) -> i64 {
     }
 }
 
-/// A transaction the writer has finished, on its way to the sync thread.
-struct Committed {
-    batch: Vec<Ingest>,
-    result: Result<Vec<Reply>, StoreError>,
-    effects: Effects,
-    now: Timestamp,
-    elapsed: Duration,
-}
-
-/// The sync thread's work: makes commits durable, then lets the rest of the daemon
-/// see them.
-struct Flusher {
-    index: Arc<Index>,
-    status: Arc<Status>,
-    /// The WAL to `fdatasync`, when the configured durability is `synchronous=FULL`;
-    /// `None` at NORMAL (the README says what that risks).
-    wal: Option<Wal>,
-}
-
-struct Wal {
-    path: PathBuf,
-    file: Option<std::fs::File>,
-}
-
-impl Flusher {
-    /// Takes the `fdatasync` out of the writer's connection: at FULL (or EXTRA) it is
-    /// set to NORMAL, and this thread syncs the WAL instead.
-    fn new(
-        conn: &Connection,
-        index: Arc<Index>,
-        status: Arc<Status>,
-    ) -> Result<Flusher, StoreError> {
-        let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
-        let wal = match (synchronous >= 2, super::database_file(conn)) {
-            (true, Some(path)) => {
-                conn.pragma_update(None, "synchronous", "NORMAL")?;
-                Some(Wal {
-                    path: super::wal_path(path),
-                    file: None,
-                })
-            }
-            // An in-memory database has nothing to sync.
-            _ => None,
-        };
-        Ok(Flusher { index, status, wal })
-    }
-
-    fn run(mut self, committed: std_mpsc::Receiver<Committed>) {
-        while let Ok(first) = committed.recv() {
-            let mut ready = vec![first];
-            ready.extend(committed.try_iter());
-            if ready.iter().any(|c| c.result.is_ok()) {
-                self.sync();
-            }
-            for c in ready {
-                self.release(c);
-            }
-        }
-    }
-
-    /// One `fdatasync` of the WAL covers every commit written before it.
-    fn sync(&mut self) {
-        let Some(wal) = &mut self.wal else {
-            return;
-        };
-        let synced = match &wal.file {
-            Some(file) => file.sync_data(),
-            // This process may have created the WAL: its first sync takes the directory
-            // entry too, or the events acknowledged here would hang on an entry not yet
-            // on disk.
-            None => super::open_and_sync_wal(&wal.path).map(|file| wal.file = Some(file)),
-        };
-        if let Err(error) = synced {
-            // After a failed fsync the kernel may have dropped the pages it could not
-            // write while SQLite still counts them committed: going on could answer
-            // from rows the disk does not have. Stop at once, unanswered; the restart
-            // reads what the disk holds, and Adapty sends the rest again.
-            tracing::error!(
-                wal = %wal.path.display(),
-                %error,
-                "cannot sync the WAL; stopping before anything is acknowledged"
-            );
-            std::process::abort();
-        }
-    }
-
-    /// The index, the change feed's watchers, the answers.
-    fn release(&self, committed: Committed) {
-        let Committed {
-            batch,
-            result,
-            effects,
-            now,
-            elapsed,
-        } = committed;
-        let size = batch.len();
-        match result {
-            Ok(replies) => {
-                self.index.apply(effects.index);
-                let stored = replies
-                    .iter()
-                    .filter(|r| matches!(r, Ok(Outcome::Stored | Outcome::Ignored)))
-                    .count();
-                // Only a transaction that wrote proves the disk takes writes again: the
-                // clock's empty ticks commit even on a full disk.
-                if stored > 0 || effects.newest_change.is_some() {
-                    self.status.record_commit((stored > 0).then_some(now));
-                }
-                if let Some(seq) = effects.newest_change {
-                    self.status.record_change(seq);
-                }
-                if let Some(seq) = effects.newest_event {
-                    self.status.release_events(seq);
-                }
-                if size > 0 {
-                    tracing::debug!(
-                        size,
-                        stored,
-                        elapsed_ms = elapsed.as_secs_f64() * 1e3,
-                        "batch committed"
-                    );
-                }
-                for (command, reply) in batch.into_iter().zip(replies) {
-                    match &reply {
-                        Ok(Outcome::Stored | Outcome::Ignored) => telemetry::event_stored(
-                            command.event.event.event_type.map(|t| t.name()),
-                        ),
-                        Ok(Outcome::Duplicate) => {}
-                        Err(error) => tracing::error!(
-                            profile_event_id = %command.event.event.id,
-                            error = %error,
-                            "event not stored"
-                        ),
-                    }
-                    // The handler may have given up waiting; the event is stored anyway.
-                    let _ = command.reply.send(reply);
-                }
-            }
-            Err(error) => {
-                tracing::error!(size, error = %error, "batch rolled back; Adapty will retry");
-                self.status.record_failure(error.to_string());
-                let error = Arc::new(error);
-                for command in batch {
-                    let _ = command.reply.send(Err(error.clone()));
-                }
-            }
-        }
-    }
-}
-
-/// What a transaction changed that others must learn once it commits.
-#[derive(Default)]
-struct Effects {
-    index: Vec<Change>,
-    newest_change: Option<i64>,
-    newest_event: Option<i64>,
-}
-
-impl Effects {
-    fn absorb(&mut self, other: Effects) {
-        self.index.extend(other.index);
-        self.newest_change = self.newest_change.max(other.newest_change);
-        self.newest_event = self.newest_event.max(other.newest_event);
-    }
-}
-
-/// Stores one event and folds it in. `effects` collects what the index and the
-/// change feed's watchers must learn once the transaction commits.
-fn ingest(
-    conn: &Connection,
-    received: &ReceivedEvent,
-    now: Timestamp,
-    rules: &Rules,
-    decode: &dyn Decode,
-    effects: &mut Effects,
-) -> Result<Outcome, StoreError> {
-    let event = &received.event;
-    let inserted = conn
-        .prepare_cached(
-            "INSERT INTO events (profile_event_id, profile_id, customer_user_id, event_type, \
-             canonical_type, event_datetime, received_at, environment, body) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
-             ON CONFLICT (profile_id, profile_event_id) DO NOTHING",
-        )?
-        .execute(params![
-            &*event.id,
-            &*event.profile_id,
-            event.customer_user_id.as_deref(),
-            received.received_type,
-            event.event_type.map(|t| t.name()),
-            event.event_datetime.to_rfc3339(),
-            now.to_rfc3339(),
-            event.environment.as_deref(),
-            received.body,
-        ])?;
-    if inserted == 0 {
-        return Ok(Outcome::Duplicate);
-    }
-    effects.newest_event = Some(conn.last_insert_rowid());
-    record_profile(conn, event, &mut effects.index)?;
-    let (Some(level), Some(event_type)) = (rules.level_of(event), event.event_type) else {
-        return Ok(Outcome::Ignored);
-    };
-    let saved = super::entitlement(conn, &event.profile_id, &level)?;
-    let (saved, reported) = match saved {
-        Some(row) => (Some(row.entitlement), row.reported_active),
-        None => (None, false),
-    };
-    let next = projection::fold_arrival(saved.clone(), event, || {
-        level_log(conn, event, &level, rules, decode)
-    })?;
-    let active_now = next.as_ref().is_some_and(|e| e.window.grants_at(now));
-    if active_now != reported {
-        let reason = ChangeReason::Event {
-            event_type,
-            profile_event_id: &event.id,
-        };
-        let expires_at = next.as_ref().and_then(|e| e.window.expires_at);
-        let seq = record_change(
-            conn,
-            &event.profile_id,
-            &level,
-            active_now,
-            reason,
-            expires_at,
-            now,
-        )?;
-        effects.newest_change = Some(seq);
-    }
-    if next == saved && active_now == reported {
-        return Ok(Outcome::Stored);
-    }
-    match &next {
-        Some(entitlement) => {
-            super::save_entitlement(conn, &event.profile_id, &level, entitlement, active_now)?
-        }
-        None => {
-            conn.prepare_cached(
-                "DELETE FROM entitlements WHERE profile_id = ?1 AND access_level_id = ?2",
-            )?
-            .execute(params![&*event.profile_id, &*level])?;
-        }
-    }
-    if next != saved {
-        effects.index.push(Change::Level {
-            profile_id: event.profile_id.clone(),
-            access_level_id: level,
-            entitlement: next,
-        });
-    }
-    Ok(Outcome::Stored)
-}
-
-/// Reports the levels the clock flipped since the feed last spoke of them: an
-/// `expires_at` passed, or a `starts_at` came, with no event.
-fn report_clock(
-    conn: &Connection,
-    now: Timestamp,
-    effects: &mut Effects,
-) -> Result<(), StoreError> {
-    for row in super::due_for_clock(conn, now)? {
-        let active = !row.reported_active;
-        let reason = if active {
-            ChangeReason::Started
-        } else {
-            ChangeReason::Expired
-        };
-        let seq = record_change(
-            conn,
-            &row.profile_id,
-            &row.access_level_id,
-            active,
-            reason,
-            row.entitlement.window.expires_at,
-            now,
-        )?;
-        super::set_reported(conn, &row.profile_id, &row.access_level_id, active)?;
-        effects.newest_change = Some(seq);
-    }
-    Ok(())
-}
-
-/// Every stored event of one level of `event`'s profile, `event` included, for
-/// refolding the level when an event arrives out of order or the level has no saved
-/// state. Only the other events are read back and parsed: `event` is parsed already,
-/// and the first event of a new profile (the common case) reads nothing.
-fn level_log(
-    conn: &Connection,
-    event: &Event,
-    level: &str,
-    rules: &Rules,
-    decode: &dyn Decode,
-) -> Result<Vec<Event>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT body FROM events WHERE profile_id = ?1 AND profile_event_id <> ?2",
-    )?;
-    let mut rows = stmt.query(params![&*event.profile_id, &*event.id])?;
-    let mut events = vec![event.clone()];
-    while let Some(row) = rows.next()? {
-        let body: String = row.get(0)?;
-        let logged = decode.decode(&body).ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "a stored event of profile {} no longer parses",
-                event.profile_id
-            ))
-        })?;
-        if rules.level_of(&logged).as_deref() == Some(level) {
-            events.push(logged);
-        }
-    }
-    Ok(events)
-}
-
-/// Keeps `profiles` current: every profile seen has a row, carrying the
-/// `customer_user_id` of its newest event that had one (by `event_datetime`, then
-/// `profile_event_id`), whatever order they came in.
-fn record_profile(
-    conn: &Connection,
-    event: &Event,
-    changes: &mut Vec<Change>,
-) -> Result<(), StoreError> {
-    let Some(customer_user_id) = &event.customer_user_id else {
-        conn.prepare_cached(
-            "INSERT INTO profiles (profile_id) VALUES (?1) ON CONFLICT DO NOTHING",
-        )?
-        .execute(params![&*event.profile_id])?;
-        return Ok(());
-    };
-    let updated = conn
-        .prepare_cached(
-            "INSERT INTO profiles (profile_id, customer_user_id, customer_user_id_at, customer_user_id_event) \
-             VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (profile_id) DO UPDATE SET \
-               customer_user_id = excluded.customer_user_id, \
-               customer_user_id_at = excluded.customer_user_id_at, \
-               customer_user_id_event = excluded.customer_user_id_event \
-             WHERE profiles.customer_user_id_at IS NULL \
-                OR (excluded.customer_user_id_at, excluded.customer_user_id_event) \
-                   > (profiles.customer_user_id_at, profiles.customer_user_id_event)",
-        )?
-        .execute(params![
-            &*event.profile_id,
-            &**customer_user_id,
-            event.event_datetime.to_rfc3339(),
-            &*event.id,
-        ])?;
-    if updated > 0 {
-        changes.push(Change::CustomerUserId {
-            profile_id: event.profile_id.clone(),
-            customer_user_id: customer_user_id.clone(),
-        });
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -728,29 +377,6 @@ mod tests {
         assert_eq!(cache_kib(pages_in_1_gib, 4096), 16 * 1024);
         assert_eq!(cache_kib(pages_in_1_gib + 1, 4096), 64 * 1024);
         assert_eq!(cache_kib(20_000, 65536), 64 * 1024);
-    }
-
-    /// At FULL the sync leaves the writer's `COMMIT` for the sync thread; at NORMAL
-    /// nobody syncs the WAL at commit.
-    #[test]
-    fn full_durability_is_the_sync_threads_job() {
-        let dir = tempfile::tempdir().unwrap();
-        let synchronous = |conn: &Connection| -> i64 {
-            conn.query_row("PRAGMA synchronous", [], |r| r.get(0))
-                .unwrap()
-        };
-        let path = dir.path().join("full.db");
-        let (conn, _lock) = crate::store::open(&path, Synchronous::Full).unwrap();
-        let flusher = Flusher::new(&conn, Arc::new(Index::new()), Arc::new(Status::new())).unwrap();
-        assert_eq!(synchronous(&conn), 1); // NORMAL
-        let wal = flusher.wal.expect("at FULL the sync thread syncs the WAL");
-        assert_eq!(wal.path, dir.path().join("full.db-wal"));
-
-        let (conn, _lock) =
-            crate::store::open(&dir.path().join("normal.db"), Synchronous::Normal).unwrap();
-        let flusher = Flusher::new(&conn, Arc::new(Index::new()), Arc::new(Status::new())).unwrap();
-        assert_eq!(synchronous(&conn), 1);
-        assert!(flusher.wal.is_none());
     }
 
     /// One failing event of a batch rolls back to its own savepoint: the others in the
