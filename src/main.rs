@@ -1,12 +1,12 @@
 use clap::Parser;
-use entitled::config::{Cli, Command};
+use entitled::config::{Cli, Command, LogFormat};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            entitled::telemetry::init_logs(args.log_format);
+            entitled::telemetry::init_logs(args.log_format == LogFormat::Json);
             match actix_web::rt::System::new().block_on(entitled::serve(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {

@@ -5,11 +5,11 @@ use crate::adapty::Decoder;
 use crate::config::ServeArgs;
 use crate::http::auth::{ReadAuth, WebhookAuth};
 use crate::http::{self, AppState};
-use crate::index::{AssembledProfile, Index, ProfileAssembler};
+use crate::index::Index;
 use crate::status::Status;
+use crate::store;
 use crate::store::reader::SqliteReader;
 use crate::store::writer::{self, Queue, Writer, WriterHandle};
-use crate::store::{self, ProfileRow};
 use crate::telemetry;
 use actix_web::dev::ServerHandle;
 use actix_web::middleware::from_fn;
@@ -196,10 +196,11 @@ async fn warm_index(
 ) -> Result<rusqlite::Connection, ServeError> {
     let started = Instant::now();
     let (index, status) = (state.index.clone(), state.status.clone());
-    let conn =
-        actix_web::rt::task::spawn_blocking(move || warm(&conn, &index, &status).map(|()| conn))
-            .await
-            .map_err(|_| ServeError::WarmUpPanicked)??;
+    let conn = actix_web::rt::task::spawn_blocking(move || {
+        store::warm_index(&conn, &index, &status).map(|()| conn)
+    })
+    .await
+    .map_err(|_| ServeError::WarmUpPanicked)??;
     tracing::info!(
         db = %args.store.db.display(),
         profiles = state.index.profile_count(),
@@ -247,167 +248,4 @@ fn announce(addr: SocketAddr) -> std::io::Result<()> {
 async fn stop_writer(writer: &WriterHandle, thread: JoinHandle<()>) -> Result<(), ServeError> {
     writer.stop().await;
     thread.join().map_err(|_| ServeError::WriterPanicked)
-}
-
-/// Loads committed state into the index: this thread reads SQLite and assembles whole
-/// profiles while a second one puts them in the map, whose random inserts miss the CPU
-/// cache (on two cores the two overlap; BENCHMARKS.md, Start-up).
-fn warm(
-    conn: &rusqlite::Connection,
-    index: &Index,
-    status: &Status,
-) -> Result<(), store::StoreError> {
-    status.record_commit(store::newest_received(conn)?);
-    // GET /changes reads the feed only when this says there is something past the
-    // cursor: without it, a restarted daemon would answer "nothing new" until the
-    // next change.
-    status.record_change(store::newest_change(conn)?);
-    status.release_events(store::newest_event(conn)?);
-    // Small chunks: profiles in flight are freed after warm-up but their memory stays
-    // with the process (10,000-row chunks left ~10 MB more resident on 100k profiles).
-    const CHUNK: usize = 1_000;
-    let (chunks, received) = std::sync::mpsc::sync_channel::<Vec<AssembledProfile>>(4);
-    std::thread::scope(|scope| {
-        let filler = scope.spawn(move || {
-            for (profile_id, profile) in received.into_iter().flatten() {
-                index.insert_profile(profile_id, profile);
-            }
-        });
-        let read = store::with_mmap(conn, || {
-            let mut assembler = ProfileAssembler::default();
-            let mut profiles = Vec::with_capacity(CHUNK);
-            let flush = |profiles: &mut Vec<AssembledProfile>| {
-                // The filler only stops early by panicking, which the join reports.
-                let _ = chunks.send(std::mem::replace(profiles, Vec::with_capacity(CHUNK)));
-            };
-            store::each_level_and_user(conn, |profile_id, row| {
-                let finished = match row {
-                    ProfileRow::Level(level) => assembler.level(index, profile_id, &level),
-                    ProfileRow::CustomerUserId(user) => {
-                        assembler.customer_user_id(profile_id, user)
-                    }
-                };
-                profiles.extend(finished);
-                if profiles.len() >= CHUNK {
-                    flush(&mut profiles);
-                }
-            })?;
-            profiles.extend(assembler.finish());
-            flush(&mut profiles);
-            Ok(())
-        });
-        drop(chunks);
-        match filler.join() {
-            Ok(()) => read,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::index::Change;
-    use crate::projection::{AccessWindow, Entitlement, EventType};
-    use crate::timestamp::Timestamp;
-
-    /// Warm-up assembles whole profiles from two scans merged by `profile_id`; the
-    /// writer applies changes one at a time. From the same rows, both must build the
-    /// same index: ids that sort differently as bytes and as numbers ("p10" < "p2"),
-    /// non-ASCII ids, profiles with levels and no user, a user and no levels, several
-    /// levels, a profile with neither, and two profiles sharing a user.
-    #[test]
-    fn warm_up_builds_what_applying_the_rows_builds() {
-        let dir = tempfile::tempdir().unwrap();
-        let (conn, _lock) =
-            store::open(&dir.path().join("e.db"), store::Synchronous::Normal).unwrap();
-        let applied = Index::new();
-        let profiles = [
-            "p1",
-            "p10",
-            "p2",
-            "p9",
-            "é-profile",
-            "z",
-            "p1-only-user",
-            "nothing",
-        ];
-        for (n, profile_id) in profiles.into_iter().enumerate() {
-            let levels = match profile_id {
-                "p1-only-user" | "nothing" => &[][..],
-                "p2" => &["premium", "gold", "a-level"][..],
-                "z" => &["premium", "ü-level"][..],
-                _ => &["premium"][..],
-            };
-            for (k, level) in levels.iter().enumerate() {
-                let at = |days: i64| {
-                    Some(Timestamp::from_micros(
-                        1_900_000_000_000_000 + days * 86_400_000_000,
-                    ))
-                };
-                let entitlement = Entitlement {
-                    window: AccessWindow {
-                        is_active: n % 2 == 0,
-                        is_lifetime: k == 1,
-                        expires_at: (k != 1).then(|| at(n as i64)).flatten(),
-                        starts_at: (n == 3).then(|| at(-1)).flatten(),
-                    },
-                    will_renew: k == 0,
-                    in_grace_period: n == 2,
-                    is_refund: n == 5,
-                    store: (n != 4).then(|| Arc::from(["app_store", "play_store"][k % 2])),
-                    vendor_product_id: Some(Arc::from(format!("product-{}", n % 3))),
-                    environment: (k == 0).then(|| Arc::from("Production")),
-                    last_event_id: Arc::from(format!("e-{n}-{k}")),
-                    last_event_type: EventType::SubscriptionStarted,
-                    last_event_at: at(-(n as i64)).unwrap(),
-                };
-                store::save_entitlement(&conn, profile_id, level, &entitlement, false).unwrap();
-                applied.apply([Change::Level {
-                    profile_id: profile_id.into(),
-                    access_level_id: (*level).into(),
-                    entitlement: Some(entitlement),
-                }]);
-            }
-            let user = match profile_id {
-                "p10" | "p2" => Some("shared-user"),
-                "p9" | "nothing" => None,
-                other => Some(other),
-            };
-            conn.execute(
-                "INSERT INTO profiles (profile_id, customer_user_id) VALUES (?1, ?2)",
-                rusqlite::params![profile_id, user],
-            )
-            .unwrap();
-            if let Some(user) = user {
-                applied.apply([Change::CustomerUserId {
-                    profile_id: profile_id.into(),
-                    customer_user_id: user.into(),
-                }]);
-            }
-        }
-
-        let warmed = Index::new();
-        warm(&conn, &warmed, &Status::new()).unwrap();
-
-        assert_eq!(warmed.profile_count(), applied.profile_count());
-        assert_eq!(
-            warmed.profile_count(),
-            profiles.len() - 1,
-            "\"nothing\" has no level and no user, so no entry"
-        );
-        for profile_id in profiles {
-            let read = |index: &Index| index.with_profile(profile_id, |p| p.cloned());
-            assert_eq!(read(&warmed), read(&applied), "{profile_id}");
-        }
-        assert_eq!(warmed.with_profile("p2", |p| p.unwrap().levels.len()), 3);
-        for user in ["shared-user", "p1", "z", "p1-only-user", "p9"] {
-            assert_eq!(
-                warmed.profiles_of_user(user),
-                applied.profiles_of_user(user),
-                "{user}"
-            );
-        }
-        assert_eq!(warmed.profiles_of_user("shared-user").len(), 2);
-    }
 }

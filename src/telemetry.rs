@@ -7,7 +7,6 @@
 //! Metrics: every name entitled exports is in this file, recorded through the
 //! `metrics` facade and rendered in Prometheus text format on `GET /metrics`.
 
-use crate::config::LogFormat;
 use metrics::{counter, gauge, histogram, Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::cell::RefCell;
@@ -17,16 +16,19 @@ use std::sync::OnceLock;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
-pub fn init_logs(format: LogFormat) {
+/// Logs on stderr, one JSON object a line when `json`, else text; the level comes from
+/// `RUST_LOG` (default: info).
+pub fn init_logs(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // A second init (tests run several daemons in one process) keeps the first.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
     };
 }
 

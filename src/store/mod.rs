@@ -32,7 +32,8 @@ pub use entitlements::{
 };
 pub use open::{open, open_read_only, WriterLock};
 pub use warm::{
-    each_level_and_user, newest_event, newest_received, profile_count, with_mmap, ProfileRow,
+    each_level_and_user, newest_event, newest_received, profile_count, warm_index, with_mmap,
+    ProfileRow,
 };
 
 use std::time::Duration;

@@ -8,7 +8,8 @@
 //! committed but not yet on disk could vanish with the power.
 
 use super::history::{self, LoggedEvent};
-use super::{changes_after, database_file, open_read_only, wal_path, AccessChange, StoreError};
+use super::open::{database_file, wal_path};
+use super::{changes_after, open_read_only, AccessChange, StoreError};
 use crate::adapty::Decoder;
 use crate::index::Index;
 use crate::projection::Rules;

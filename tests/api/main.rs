@@ -18,6 +18,7 @@ mod expiry;
 mod helpers;
 mod history;
 mod hostile;
+mod layers;
 mod locked;
 mod malformed;
 mod operations;
