@@ -40,8 +40,8 @@ CREATE TABLE events (
 -- A profile's events, and the dedup key. An event's id is unique and it never changes
 -- profile, so (profile_id, profile_event_id) finds a re-sent event as the id alone
 -- would, with one index where a unique id and a by-profile index were two: every
--- insert writes one random index page fewer (schema version 1 had both; BENCHMARKS.md,
--- Ingest).
+-- insert writes one random index page fewer (schema version 1 had both;
+-- docs/performance.md#one-index-on-events).
 CREATE UNIQUE INDEX events_by_profile ON events (profile_id, profile_event_id);
 
 -- One row per profile ever seen, with the customer_user_id of its newest event that
@@ -57,8 +57,8 @@ CREATE INDEX profiles_by_customer_user_id ON profiles (customer_user_id)
     WHERE customer_user_id IS NOT NULL;
 
 -- The projection: one row per (profile, access level), the fold of that level's
--- events in order (event_datetime, then the tie-break in README "How access is
--- decided"). `is_active` is what the newest event said; whether access holds *now*
+-- events in order (event_datetime, then the tie-break in docs/access-rules.md, "How
+-- access is decided"). `is_active` is what the newest event said; whether access holds *now*
 -- also depends on the clock: see the view active_entitlements.
 CREATE TABLE entitlements (
     profile_id        TEXT NOT NULL,

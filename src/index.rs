@@ -9,8 +9,8 @@ use smallvec::SmallVec;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// The maps' hasher: foldhash, randomly seeded. std's SipHash alone was 7 % of a
-/// 1M-profile warm-up's CPU (perf). foldhash resists collision attacks only
+/// The maps' hasher: foldhash, randomly seeded (SipHash cost start-up 7 %:
+/// docs/performance.md#warm-up-by-whole-profiles). foldhash resists collision attacks only
 /// "minimally", which is enough here: keys are inserted only by the writer, from the
 /// webhooks it stores (which a token guards once set); a lookup's key is hashed but
 /// never stored.
@@ -428,7 +428,7 @@ mod tests {
 
     #[test]
     fn a_level_is_packed_and_gives_back_its_window() {
-        // The memory budget (BENCHMARKS.md) counts on these sizes.
+        // The memory budget (docs/performance.md#memory-per-profile) counts on these sizes.
         assert!(size_of::<LevelAccess>() <= 40);
         assert!(size_of::<(Arc<str>, ProfileAccess)>() <= 48);
         let index = Index::new();

@@ -4,7 +4,8 @@
 //! [`order_key`] order, whatever order they arrived in. The store folds a new event
 //! onto the saved state when it sorts after every event already folded in, and
 //! refolds the level from the event log otherwise; both give [`project`]'s answer.
-//! README "How access is decided" tells the same rules in prose.
+//! [docs/access-rules.md](../../docs/access-rules.md) ("How access is decided") tells
+//! the same rules in prose.
 
 mod event;
 #[cfg(test)]

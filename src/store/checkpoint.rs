@@ -12,7 +12,7 @@
 //! [`Thresholds::restart`] pages, its commit copies what the thread has not copied yet
 //! (a few pages), and the next transaction starts the WAL over. Without that the WAL
 //! grows for as long as events come, and every page of a growing file costs the
-//! kernel a fresh page to zero (measured: a quarter of the writer's time).
+//! kernel a fresh page to zero (docs/performance.md#checkpoint-thread).
 //!
 //! The thread copies in big steps, and in small ones just before the writer's copy. A
 //! copy writes each page once however many commits changed it since the last copy, so
@@ -34,11 +34,9 @@ use std::thread::JoinHandle;
 
 /// When to copy the WAL into the main file, in WAL pages (frames).
 ///
-/// The defaults, measured with `cargo run --release --example entitled-bench --
-/// --only-ingest` in alternating runs: steps of 2500 pages up to a restart at 40,000
-/// ingested at 0.61–0.71 of the storage ceiling, against 0.55–0.59 with steps of 250
-/// and a restart at 10,000; steps of 5000 did no better (0.66, 0.68). The WAL file then
-/// takes up to ~160 MiB of disk while entitled runs (it is truncated when it stops).
+/// The defaults were measured against other steps: docs/performance.md#checkpoint-steps.
+/// The WAL file then takes up to ~160 MiB of disk while entitled runs (it is truncated
+/// when it stops).
 #[derive(Clone, Copy, Debug)]
 pub struct Thresholds {
     /// The thread copies once this many pages wait. SQLite's auto-checkpoint copies at

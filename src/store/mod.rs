@@ -1,5 +1,16 @@
-//! SQLite: the schema, the pragmas, and the rows of `entitlements` and `profiles`.
+//! The store: the event log and the projection's tables, on SQLite today.
 //! One writer thread ([`writer`]) owns the write connection; nothing else writes.
+//!
+//! What the rest of the daemon asks of a store, and so what a second backend
+//! (PostgreSQL) must provide, is five verbs, each behind its own type:
+//! - **write a batch of events**: the [`writer::WriterHandle`] queue; [`writer::Writer`]
+//!   is SQLite's consumer of it (group commit, then the sync thread, then release);
+//! - **read a profile's events** and **page the change feed**: the
+//!   [`reader::Reader`] trait, [`reader::SqliteReader`] its implementation;
+//! - **warm the index**: [`warm_index`];
+//! - **rebuild**: [`rebuild::rebuild`].
+//!
+//! Nothing above the store names a SQLite type but start-up, which opens the file.
 //!
 //! The rooms:
 //! - `open`: opening a database, its pragmas, the [`WriterLock`], syncing a WAL;
@@ -10,7 +21,8 @@
 //! - [`writer`]: the writer thread and its queue; `ingest`: the SQL of each event;
 //!   `sync`: the thread that makes commits durable and then releases them;
 //! - [`checkpoint`], [`history`], [`rebuild`]: the checkpoint thread, a level's
-//!   stored history, and `entitled rebuild`.
+//!   stored history, and `entitled rebuild`;
+//! - [`reader`]: the read side beyond the index, a small pool of read connections.
 
 pub mod checkpoint;
 pub mod history;

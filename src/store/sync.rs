@@ -29,7 +29,7 @@ pub(super) struct Flusher {
     index: Arc<Index>,
     status: Arc<Status>,
     /// The WAL to `fdatasync`, when the configured durability is `synchronous=FULL`;
-    /// `None` at NORMAL (the README says what that risks).
+    /// `None` at NORMAL (docs/reliability.md says what that risks).
     wal: Option<Wal>,
 }
 

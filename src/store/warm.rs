@@ -26,9 +26,8 @@ pub fn profile_count(conn: &Connection) -> Result<usize, StoreError> {
 /// `pread` a page, and leaves no cache behind. The map is off for everything else,
 /// since an I/O error under a map is a signal, not an error code. The bundled SQLite
 /// maps at most its compile-time limit (2 GiB); past it, pages are read as usual, into
-/// the cache, which a scan reads each page of once: at the writer's 64 MiB it filled
-/// with pages nobody read again, and its memory stayed with the process (heaptrack: 69
-/// MB of the 419 MB a 1M-profile warm-up left).
+/// a cache kept small here, since a scan reads each page once (measured:
+/// docs/performance.md#memory-per-profile).
 pub fn with_mmap<T>(
     conn: &Connection,
     read: impl FnOnce() -> Result<T, StoreError>,
@@ -147,7 +146,7 @@ pub fn each_level_and_user(
 
 /// Loads committed state into the index: this thread reads SQLite and assembles whole
 /// profiles while a second one puts them in the map, whose random inserts miss the CPU
-/// cache (on two cores the two overlap; BENCHMARKS.md, Start-up).
+/// cache (on two cores the two overlap: docs/performance.md#warm-up-by-whole-profiles).
 pub fn warm_index(
     conn: &rusqlite::Connection,
     index: &Index,

@@ -336,8 +336,7 @@ impl Writer {
 /// While the file is under 1 GiB, SQLite scans its whole page cache at each commit
 /// that split a b-tree page: `balance_nonroot` renumbers pages through the
 /// pending-byte page (the page at 1 GiB), and the commit then drops every cached page
-/// numbered past the end of the file, bucket by bucket. Under ingest that scan was 11 %
-/// of the daemon's CPU with 64 MiB of cache, and 4 % with 16 MiB (perf, `--only-ingest`).
+/// numbered past the end of the file, bucket by bucket: docs/performance.md#writer-cache-size.
 /// Past 1 GiB there is no scan, and the inserts' index pages want the larger cache.
 fn cache_kib(pages: i64, page_size: i64) -> i64 {
     let pending_byte_page = (1 << 30) / page_size.max(512) + 1;
