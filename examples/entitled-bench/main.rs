@@ -41,6 +41,8 @@ use std::time::{Duration, Instant};
 /// the cached database.
 const NS_INGEST: u64 = 2;
 const NS_MIXED: u64 = 3;
+/// Event ids of the events `--ingest-on-preloaded` sends for the cached profiles.
+const NS_PRELOADED: u64 = 4;
 
 struct Args {
     quick: bool,
@@ -50,6 +52,7 @@ struct Args {
     mixed_rate: f64,
     pin: bool,
     only_ingest: bool,
+    ingest_on_preloaded: bool,
     only_lookups: bool,
     only_mixed: bool,
     fsync_delay_us: Option<u64>,
@@ -77,6 +80,7 @@ fn parse_args(repo: &Path) -> Args {
         mixed_rate: flags.mixed_ingest_rate,
         pin: !flags.no_pin,
         only_ingest: flags.only_ingest,
+        ingest_on_preloaded: flags.ingest_on_preloaded,
         only_lookups: flags.only_lookups,
         only_mixed: flags.only_mixed,
         fsync_delay_us: flags.fsync_delay_us,
@@ -209,7 +213,7 @@ fn run() -> Result<()> {
     let bin = procs::build_daemon(&repo)?;
 
     // Build (or reuse) the big database first, on both cores.
-    let big_db = if args.only_ingest {
+    let big_db = if args.only_ingest && !args.ingest_on_preloaded {
         None
     } else {
         eprintln!(
@@ -291,16 +295,36 @@ fn run() -> Result<()> {
     // ---- 1. Ingest (not with --only-lookups or --only-mixed) --------------------
     let mut empty_rss = 0;
     if !args.only_lookups && !args.only_mixed {
-        eprintln!(
-            "\n== ingest: {} connections, empty database",
-            args.connections
-        );
         let ingest_db = tmp.path().join("ingest.db");
+        let preloaded = big_db.as_ref().filter(|_| args.ingest_on_preloaded);
+        if let Some(big_db) = preloaded {
+            let copied = Instant::now();
+            std::fs::copy(big_db, &ingest_db)?;
+            // Written back before the load: the copy's dirty pages (17 GB at 1M profiles)
+            // would otherwise be flushed during it, beside the daemon's own syncs.
+            std::fs::File::open(&ingest_db)?.sync_all()?;
+            let warmed = storage::warm_os_cache(&ingest_db)?;
+            eprintln!(
+                "\n== ingest: {} connections, a copy of the {}-profile database \
+                 (copied in {:.0} s, indexes read in {:.0} s; load {})",
+                args.connections,
+                args.profiles,
+                copied.elapsed().as_secs_f64() - warmed.as_secs_f64(),
+                warmed.as_secs_f64(),
+                load_avg()
+            );
+        } else {
+            eprintln!(
+                "\n== ingest: {} connections, empty database",
+                args.connections
+            );
+        }
         let port = procs::free_port()?;
         let spawned = Instant::now();
         let mut daemon =
             procs::spawn_daemon(&bin, &pin, &ingest_db, port, &tmp.path().join("ingest.log"))?;
-        let startup_empty = daemon.poll_ready(Duration::from_secs(60))? - spawned;
+        // On a copy of the cached database start-up reads it all first.
+        let startup_empty = daemon.poll_ready(Duration::from_secs(120))? - spawned;
         daemon.wait_line(Duration::from_secs(60))?;
         std::thread::sleep(Duration::from_millis(500));
         if std::env::var_os(DELAY_ENV).is_some() && !procs::has_loaded(daemon.pid, "slow_fsync")? {
@@ -316,7 +340,10 @@ fn run() -> Result<()> {
                 Mode::Closed,
                 11,
             ),
-            ingest_requests(NS_INGEST, None),
+            match preloaded {
+                Some(_) => preloaded_ingest_requests(args.profiles),
+                None => ingest_requests(NS_INGEST, None),
+            },
             daemon.pid,
         ))?;
         daemon.stop()?;
@@ -325,6 +352,31 @@ fn run() -> Result<()> {
             "          stored {} duplicate {}",
             ingest_stats.stored, ingest_stats.duplicate
         );
+        if preloaded.is_some() {
+            // The daemon's log (RUST_LOG from ENTITLED_BENCH_DAEMON_LOG) outlives the
+            // copy, which goes with the run's directory.
+            let log = data_dir.join("ingest-on-preloaded.log");
+            std::fs::copy(tmp.path().join("ingest.log"), &log)?;
+            tmp.close()?;
+            eprintln!(
+                "          copy deleted; the daemon's log is {}",
+                log.display()
+            );
+            println!(
+                "ingest on {} profiles: {:.0} events/s, p50 {:.3} ms, p99 {:.3} ms, \
+                 p99.9 {:.3} ms, max {:.1} ms, daemon CPU {:.2}, stolen {:?}, load {}",
+                args.profiles,
+                ingest_stats.rate(),
+                ingest_stats.ms(0.50),
+                ingest_stats.ms(0.99),
+                ingest_stats.ms(0.999),
+                ingest_stats.hist.max() as f64 / 1e6,
+                ingest_stats.server_cpu,
+                ingest_stats.stolen,
+                load_avg()
+            );
+            return Ok(());
+        }
 
         let rows = storage::ingest_rows(NS_INGEST, if args.quick { 30_000 } else { 200_000 }, 11);
         let limit = phase;
@@ -719,6 +771,50 @@ fn ingest_requests(namespace: u64, prefix: Option<&'static str>) -> load::MakeRe
             None => gen::profile_events(namespace, p),
         };
         let event = events.swap_remove((i % gen::EVENTS_PER_PROFILE) as usize);
+        Req {
+            method: Method::POST,
+            path: "/webhooks/adapty".into(),
+            body: Bytes::from(gen::body(&event)),
+        }
+    })
+}
+
+/// Webhooks for a daemon on the cached database, ~10 % re-sends as in
+/// [`ingest_requests`]; of the others, even ones are new profiles' events and odd ones
+/// a new event of a random cached profile, dated a year after the cached ones (so it
+/// folds onto the saved level, as a live event does).
+fn preloaded_ingest_requests(profiles: u64) -> load::MakeRequest {
+    let next = Arc::new(AtomicU64::new(0));
+    Arc::new(move |rng| {
+        let sent = next.load(Ordering::Relaxed);
+        let i = if sent > 0 && rng.percent(10) {
+            rng.below(sent)
+        } else {
+            next.fetch_add(1, Ordering::Relaxed)
+        };
+        let (half, step) = (i / 2, (i / 2) % gen::EVENTS_PER_PROFILE);
+        let p = half / gen::EVENTS_PER_PROFILE;
+        let event = if i % 2 == 0 {
+            gen::profile_events(NS_INGEST, p).swap_remove(step as usize)
+        } else {
+            let cached = gen::profile_id(storage::NS_DATASET, gen::Rng::new(half).below(profiles));
+            let mut e =
+                gen::profile_events_with_id(NS_PRELOADED, p, cached).swap_remove(step as usize);
+            let year = 365 * 24 * 3600 * 1_000_000;
+            for t in [&mut e.at, &mut e.install_at, &mut e.original_purchase_at] {
+                *t += year;
+            }
+            for t in [
+                e.subscription_expires_at.as_mut(),
+                e.alu.as_mut().and_then(|a| a.expires_at.as_mut()),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                *t += year;
+            }
+            e
+        };
         Req {
             method: Method::POST,
             path: "/webhooks/adapty".into(),

@@ -40,6 +40,21 @@ pub struct Bench {
     /// print their figures and write no report: for working on the write path.
     #[arg(long)]
     pub only_ingest: bool,
+    /// With --only-ingest: the ingest phase against a daemon on a copy of the --profiles
+    /// cached database (synced first, its indexes read into the OS page cache): ~10 %
+    /// re-sends, of the rest half new events of cached profiles (dated after theirs),
+    /// half new profiles' events. No SQLite baselines; one line printed; the copy is
+    /// deleted afterwards. The daemon's log is kept in
+    /// target/bench-data/ingest-on-preloaded.log (ENTITLED_BENCH_DAEMON_LOG sets its
+    /// RUST_LOG).
+    // Also refused beside the flags that conflict with --only-ingest, which clap counts
+    // as meeting a `requires`.
+    #[arg(
+        long,
+        requires = "only_ingest",
+        conflicts_with_all = ["only_lookups", "only_mixed", "rerender"]
+    )]
+    pub ingest_on_preloaded: bool,
     /// Run only start-up and the lookups against the HTTP ceiling (closed-loop pairs, then
     /// both paced at half the ceiling), print their figures and write no report: for
     /// working on the read path.
@@ -214,6 +229,7 @@ mod tests {
     fn bench_defaults() {
         let b = Bench::try_parse_from(["entitled-bench"]).unwrap();
         assert!(!b.quick && !b.no_pin && !b.only_ingest && !b.only_lookups && !b.only_mixed);
+        assert!(!b.ingest_on_preloaded);
         assert_eq!(b.profiles, None);
         assert_eq!(b.seconds, None);
         assert_eq!(b.connections, 64);
@@ -255,6 +271,16 @@ mod tests {
         assert_eq!(b.fsync_delay_us, Some(1000));
         assert_eq!(b.figures_to, Some(PathBuf::from("f.json")));
         assert_eq!(b.out, Some(PathBuf::from("out.md")));
+        let b = Bench::try_parse_from([
+            "entitled-bench",
+            "--only-ingest",
+            "--ingest-on-preloaded",
+            "--profiles",
+            "20000",
+        ])
+        .unwrap();
+        assert!(b.only_ingest && b.ingest_on_preloaded);
+        assert_eq!(b.profiles, Some(20_000));
         let b = Bench::try_parse_from(["entitled-bench", "--only-lookups"]).unwrap();
         assert!(b.only_lookups);
         let b = Bench::try_parse_from(["entitled-bench", "--only-mixed"]).unwrap();
@@ -269,6 +295,10 @@ mod tests {
             &["--only-ingest", "--only-lookups"][..],
             &["--only-mixed", "--only-ingest"],
             &["--fsync-delay-us", "1000"],
+            &["--ingest-on-preloaded"],
+            &["--ingest-on-preloaded", "--only-lookups"],
+            &["--ingest-on-preloaded", "--only-mixed"],
+            &["--ingest-on-preloaded", "--rerender", "B.md"],
             &["--figures-to", "f.json"],
             &["--rerender", "B.md", "--quick"],
             &["--profiles", "0"],
@@ -356,6 +386,7 @@ mod tests {
             "| `--connections N` | 64 | Client connections",
             "| `--mixed-ingest-rate R` | 1000 | Events per second",
             "| `--no-pin` | off |",
+            "| `--ingest-on-preloaded` | off | With --only-ingest: the ingest phase",
             "| `--fsync-delay-us N` | none; the full run does one pass at 1000 |",
             "| `--out FILE` | BENCHMARKS.md for the full run",
             "| `--rerender FILE` | none |",
@@ -364,6 +395,6 @@ mod tests {
         }
         assert!(!table.contains("--figures-to"), "{table}");
         assert!(!table.contains("--help"), "{table}");
-        assert_eq!(table.lines().count(), 2 + 12, "{table}");
+        assert_eq!(table.lines().count(), 2 + 13, "{table}");
     }
 }

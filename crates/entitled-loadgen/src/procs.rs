@@ -140,6 +140,10 @@ pub fn spawn_daemon(bin: &Path, pin: &Pinning, db: &Path, port: u16, log: &Path)
     ] {
         cmd.env_remove(var);
     }
+    // For tracing the daemon under a benchmark (its log is `log`).
+    if let Some(filter) = std::env::var_os("ENTITLED_BENCH_DAEMON_LOG") {
+        cmd.env("RUST_LOG", filter);
+    }
     spawn_server(cmd, log, "entitled listening on http://", port)
 }
 
