@@ -753,16 +753,21 @@ fn mixed(
     })
 }
 
+/// The number of the next unique event, or (10 %) of one already sent.
+fn next_or_resent(next: &AtomicU64, rng: &mut gen::Rng) -> u64 {
+    let sent = next.load(Ordering::Relaxed);
+    if sent > 0 && rng.percent(10) {
+        rng.below(sent)
+    } else {
+        next.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
 /// Webhook POSTs of a namespace: the next unique event, or (10 %) one already sent.
 fn ingest_requests(namespace: u64, prefix: Option<&'static str>) -> load::MakeRequest {
     let next = Arc::new(AtomicU64::new(0));
     Arc::new(move |rng| {
-        let sent = next.load(Ordering::Relaxed);
-        let i = if sent > 0 && rng.percent(10) {
-            rng.below(sent)
-        } else {
-            next.fetch_add(1, Ordering::Relaxed)
-        };
+        let i = next_or_resent(&next, rng);
         let p = i / gen::EVENTS_PER_PROFILE;
         let mut events = match prefix {
             Some(prefix) => {
@@ -786,15 +791,10 @@ fn ingest_requests(namespace: u64, prefix: Option<&'static str>) -> load::MakeRe
 fn preloaded_ingest_requests(profiles: u64) -> load::MakeRequest {
     let next = Arc::new(AtomicU64::new(0));
     Arc::new(move |rng| {
-        let sent = next.load(Ordering::Relaxed);
-        let i = if sent > 0 && rng.percent(10) {
-            rng.below(sent)
-        } else {
-            next.fetch_add(1, Ordering::Relaxed)
-        };
+        let i = next_or_resent(&next, rng);
         let (half, step) = (i / 2, (i / 2) % gen::EVENTS_PER_PROFILE);
         let p = half / gen::EVENTS_PER_PROFILE;
-        let event = if i % 2 == 0 {
+        let event = if i.is_multiple_of(2) {
             gen::profile_events(NS_INGEST, p).swap_remove(step as usize)
         } else {
             let cached = gen::profile_id(storage::NS_DATASET, gen::Rng::new(half).below(profiles));
