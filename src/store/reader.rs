@@ -65,6 +65,9 @@ impl SqliteReader {
         let pool = r2d2::Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
+            // A connection to a local file does not go stale: no `SELECT` before each
+            // read (a failed read is a 503 either way).
+            .test_on_check_out(false)
             .connection_timeout(Duration::from_secs(5))
             .build(ReadOnly(path.to_owned()))
             .map_err(pool_error)?;
@@ -139,6 +142,7 @@ impl r2d2::ManageConnection for ReadOnly {
         open_read_only(&self.0)
     }
 
+    /// Only asked for with `test_on_check_out`, which this pool turns off.
     fn is_valid(&self, conn: &mut Connection) -> Result<(), StoreError> {
         Ok(conn.execute_batch("")?)
     }
