@@ -1,4 +1,4 @@
--- entitled: the database schema, version 3.
+-- entitled: the database schema, version 4.
 --
 -- This file is the one source of the schema: the daemon embeds it and runs it on an
 -- empty file. Read it to find your way around `sqlite3 entitled.db` while the daemon
@@ -13,11 +13,13 @@
 --   SELECT event_datetime, event_type, environment FROM events
 --     WHERE profile_id = '…' ORDER BY event_datetime;
 --   SELECT json_extract(body, '$.event_properties.vendor_product_id') FROM events LIMIT 5;
+--   SELECT profile_id, access_level_id, shared_from, sharing_group FROM entitlements
+--     WHERE sharing_group IS NOT NULL;        -- who shares paid access, and from whom
 -- An event by its id: give its profile too (`WHERE profile_id = '…' AND
 -- profile_event_id = '…'`); the id alone has no index and reads the whole table.
 
 PRAGMA application_id = 1701737572; -- 0x656e7464, "entd": refuse foreign files
-PRAGMA user_version = 3;            -- schema version; an older file is upgraded at start
+PRAGMA user_version = 4;            -- schema version; an older file is upgraded at start
                                     -- (src/store/mod.rs, `migrate`)
 
 -- Every webhook event ever acknowledged, raw, exactly as received. Append-only: the
@@ -60,6 +62,14 @@ CREATE INDEX profiles_by_customer_user_id ON profiles (customer_user_id)
 -- events in order (event_datetime, then the tie-break in docs/access-rules.md, "How
 -- access is decided"). `is_active` is what the newest event said; whether access holds *now*
 -- also depends on the clock: see the view active_entitlements.
+--
+-- Shared access (Adapty's "Sharing paid access between user accounts", on by
+-- default): profiles that an access_level_updated's `profiles_sharing_access_level`
+-- linked form a sharing group for the level, and every member's row holds the same
+-- state, the fold of all the members' events of the level. `sharing_group` names the
+-- group (its smallest profile_id; NULL: alone); `shared_from` is the profile whose
+-- events the state comes from when not the row's own (the holder of the purchase).
+-- docs/access-rules.md, "Shared access", has the whole rule.
 CREATE TABLE entitlements (
     profile_id        TEXT NOT NULL,
     access_level_id   TEXT NOT NULL,
@@ -77,6 +87,9 @@ CREATE TABLE entitlements (
     last_event_type   TEXT NOT NULL,        -- its canonical type
     last_event_at     TEXT NOT NULL,        -- its event_datetime
     reported_active   INTEGER NOT NULL DEFAULT 0, -- what access_changes last said of it
+    shared_from       TEXT,                 -- the profile the state comes from; NULL: its own
+    sharing_group     TEXT,                 -- the sharing group (smallest member); NULL: alone
+                                            -- (these two last: added by version 4)
     PRIMARY KEY (profile_id, access_level_id)
 ) STRICT, WITHOUT ROWID;
 
@@ -90,6 +103,32 @@ CREATE INDEX entitlements_reported_by_expiry ON entitlements (expires_at)
 CREATE INDEX entitlements_unreported_by_end ON entitlements (is_lifetime, expires_at)
     WHERE reported_active = 0 AND is_active = 1 AND starts_at IS NOT NULL;
 
+-- The members of a sharing group, for the writer: an event of one member rewrites
+-- every member's row.
+CREATE INDEX entitlements_by_sharing_group ON entitlements (access_level_id, sharing_group)
+    WHERE sharing_group IS NOT NULL;
+
+-- Every link a sharing declaration made, both ways (A shares with B: rows A→B and
+-- B→A): the profiles whose events decide a group, read when an event arrives out of
+-- order and the group is refolded. A link is kept for good; who is in a group *now*
+-- is `entitlements.sharing_group` (a member leaves it at an inactive snapshot with no
+-- list). A group holds at most 100 profiles: a link past that is not made (and logged).
+CREATE TABLE sharing_links (
+    access_level_id  TEXT NOT NULL,
+    profile_id       TEXT NOT NULL,
+    shared_with      TEXT NOT NULL,
+    profile_event_id TEXT NOT NULL,         -- the declaration that first made the link
+    PRIMARY KEY (profile_id, access_level_id, shared_with)
+) STRICT, WITHOUT ROWID;
+
+-- Work a schema upgrade left for the daemon's next start, which needs the
+-- configuration the upgrade does not have: version 4 asks for a rebuild when stored
+-- events already declared shared access. Empty but for that moment.
+CREATE TABLE upgrade_tasks (
+    task   TEXT PRIMARY KEY,                -- 'rebuild'
+    reason TEXT NOT NULL
+) STRICT;
+
 -- The change feed: every time a level's effective access flipped, in order. `seq` is
 -- the cursor of GET /changes. Written in the same transaction as the state it reports,
 -- so a restart or a duplicate never reports a change twice or skips one.
@@ -98,17 +137,22 @@ CREATE TABLE access_changes (
     profile_id       TEXT NOT NULL,
     access_level_id  TEXT NOT NULL,
     active           INTEGER NOT NULL,      -- 1: gained access; 0: lost it
-    reason           TEXT NOT NULL,         -- the canonical event type that did it, or
-                                            -- 'expired' / 'started' (the clock), 'rebuild'
+    reason           TEXT NOT NULL,         -- the canonical event type that did it
+                                            -- ('shared:<type>' when another member's
+                                            -- event did it), or 'expired' / 'started'
+                                            -- (the clock), 'rebuild'
     profile_event_id TEXT,                  -- the event, when one did it
     expires_at       TEXT,                  -- the level's expires_at after the change
     changed_at       TEXT NOT NULL,         -- when entitled recorded the change
-    customer_user_id TEXT                   -- the profile's customer_user_id then (last: added by version 3)
+    customer_user_id TEXT,                  -- the profile's customer_user_id then (added by version 3)
+    shared_from      TEXT                   -- the member whose event did it, when not this
+                                            -- profile (added by version 4)
 ) STRICT;
 
 -- What the read API answers, for a person at the prompt: the levels that grant access
 -- at this instant: active, and (lifetime, or no expires_at, or now < expires_at), and
 -- starts_at <= now when given. A refunded lifetime purchase is not active.
+-- `shared_from`: the profile whose purchase this is, when shared (NULL: its own).
 CREATE VIEW active_entitlements AS
 SELECT e.profile_id,
        p.customer_user_id,
@@ -121,7 +165,8 @@ SELECT e.profile_id,
        e.vendor_product_id,
        e.environment,
        e.last_event_type,
-       e.last_event_at
+       e.last_event_at,
+       e.shared_from
 FROM entitlements AS e
 LEFT JOIN profiles AS p USING (profile_id)
 WHERE e.is_active = 1

@@ -309,10 +309,11 @@ fn write_access_table(
 pub fn events(args: EventsArgs) -> Result<(), CliError> {
     let conn = store::open_read_only(&args.db)?;
     let decoder = adapty::Decoder::new(args.projection.event_names.clone());
-    let logged = history::profile_events(&conn, &args.profile_id, i64::MAX, &decoder)?;
+    let (logged, component) = history::shared_events(&conn, &args.profile_id, i64::MAX, &decoder)?;
     let explained = explain::explain_profile(
         &args.profile_id,
         &logged,
+        &component.links,
         &args.projection.rules(),
         Timestamp::now(),
     );

@@ -24,6 +24,8 @@ pub struct LevelRow<'a> {
     pub store: Option<&'a str>,
     pub vendor_product_id: Option<&'a str>,
     pub environment: Option<&'a str>,
+    /// The profile the level's state comes from, when shared.
+    pub shared_from: Option<&'a str>,
     pub window: AccessWindow,
     pub will_renew: bool,
     pub in_grace_period: bool,
@@ -34,13 +36,17 @@ pub struct LevelRow<'a> {
 
 /// What a level is, as opposed to its state. A database holds a handful of distinct
 /// combinations (levels × stores × products × environments), so the index keeps one
-/// shared copy of each instead of four strings per level.
+/// shared copy of each instead of four strings per level. A shared level's labels
+/// also name the profile it is shared from: one more combination per holder of a
+/// shared purchase (all its group's members hold the same copy), and none for the
+/// levels that are their profile's own, which cost what they did before sharing.
 #[derive(Debug, PartialEq, Eq)]
 pub struct LevelLabels {
     pub access_level_id: Arc<str>,
     pub store: Option<Arc<str>>,
     pub vendor_product_id: Option<Arc<str>>,
     pub environment: Option<Arc<str>>,
+    pub shared_from: Option<Arc<str>>,
 }
 
 /// [`LevelLabels`] borrowed: what the intern table is searched with, so a known
@@ -51,6 +57,7 @@ struct LabelsKey<'a> {
     store: Option<&'a str>,
     vendor_product_id: Option<&'a str>,
     environment: Option<&'a str>,
+    shared_from: Option<&'a str>,
 }
 
 impl LevelLabels {
@@ -60,6 +67,7 @@ impl LevelLabels {
             store: self.store.as_deref(),
             vendor_product_id: self.vendor_product_id.as_deref(),
             environment: self.environment.as_deref(),
+            shared_from: self.shared_from.as_deref(),
         }
     }
 }
@@ -247,6 +255,7 @@ impl Index {
                 store: row.store,
                 vendor_product_id: row.vendor_product_id,
                 environment: row.environment,
+                shared_from: row.shared_from,
             }),
             expires_at: pack(row.window.expires_at),
             starts_at: pack(row.window.starts_at),
@@ -282,6 +291,7 @@ impl Index {
                     store: key.store.map(Arc::from),
                     vendor_product_id: key.vendor_product_id.map(Arc::from),
                     environment: key.environment.map(Arc::from),
+                    shared_from: key.shared_from.map(Arc::from),
                 })
             })
             .clone()
@@ -294,6 +304,7 @@ impl Index {
                 store: e.store.as_deref(),
                 vendor_product_id: e.vendor_product_id.as_deref(),
                 environment: e.environment.as_deref(),
+                shared_from: e.shared_from.as_deref(),
                 window: e.window,
                 will_renew: e.will_renew,
                 in_grace_period: e.in_grace_period,
@@ -459,6 +470,8 @@ mod tests {
                         last_event_id: "e".into(),
                         last_event_type: EventType::SubscriptionStarted,
                         last_event_at: Timestamp::from_micros(7),
+                        shared_from: None,
+                        sharing_group: None,
                     }),
                 }]);
                 index.with_profile("p", |p| {

@@ -48,7 +48,8 @@ pub enum ServeError {
 /// SIGINT; then drain: stop accepting, finish requests in flight, commit what the
 /// writer holds, checkpoint, return.
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
-    let (conn, _lock) = store::open(&args.store.db, args.store.synchronous.into())?;
+    let (mut conn, _lock) = store::open(&args.store.db, args.store.synchronous.into())?;
+    finish_upgrade(&mut conn, &args)?;
     telemetry::metrics_handle();
     let (state, queue) = build_state(&conn, &args)?;
     let server = start_http(&args, state.clone())?;
@@ -69,6 +70,16 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     stop_writer(&state.writer, writer_thread).await?;
     tracing::info!("stopped");
     Ok(served?)
+}
+
+/// What a schema upgrade left for a start with the configuration (a rebuild, when
+/// stored events already declared shared access): done before the index warms, so it
+/// warms from the rebuilt table.
+fn finish_upgrade(conn: &mut rusqlite::Connection, args: &ServeArgs) -> Result<(), ServeError> {
+    let decoder = Decoder::new(args.projection.event_names.clone());
+    let rules = args.projection.rules();
+    store::rebuild::finish_upgrade(conn, &rules, &decoder, crate::timestamp::Timestamp::now())?;
+    Ok(())
 }
 
 /// What every worker shares, built once outside the server factory, and the writer's

@@ -85,6 +85,8 @@ fn write_level(out: &mut Vec<u8>, level: &LevelAccess, at: Timestamp) {
     optional_string(out, level.labels.environment.as_deref());
     out.extend_from_slice(b",\"updated_at\":");
     instant(out, level.updated_at);
+    out.extend_from_slice(b",\"shared_from\":");
+    optional_string(out, level.labels.shared_from.as_deref());
     out.push(b'}');
 }
 
@@ -155,6 +157,7 @@ mod tests {
                 proptest::option::of(text()),
                 proptest::option::of(text()),
                 proptest::option::of(text()),
+                proptest::option::of(text()),
             ),
             instant(),
         )
@@ -162,7 +165,7 @@ mod tests {
                 |(
                     (is_active, is_lifetime, expires_at, starts_at),
                     (will_renew, in_grace_period, is_refund),
-                    (store, product, environment),
+                    (store, product, environment, shared_from),
                     last_event_at,
                 )| Entitlement {
                     window: AccessWindow {
@@ -180,6 +183,8 @@ mod tests {
                     last_event_id: "e".into(),
                     last_event_type: EventType::SubscriptionStarted,
                     last_event_at,
+                    shared_from: shared_from.map(Arc::from),
+                    sharing_group: None,
                 },
             )
     }

@@ -16,6 +16,8 @@ use utoipa::ToSchema;
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ExplainedEvent {
     pub profile_event_id: String,
+    /// The profile the event was addressed to: another member's, on a shared level.
+    pub profile_id: String,
     /// As received.
     pub event_type: String,
     /// Adapty's canonical name; null when no name map knows it.
@@ -31,6 +33,9 @@ pub struct ExplainedEvent {
 pub struct ExplainedLevel {
     /// The state now (as the access route shows it).
     pub state: Option<LevelView>,
+    /// The profile whose events the state comes from, when shared (its group's
+    /// events are listed below, each with its `profile_id`); null when its own.
+    pub shared_from: Option<String>,
     /// The event that set the current `expires_at`.
     pub expires_at_set_by: Option<String>,
     /// Every event folded into the level, in the order they were folded.
@@ -47,15 +52,20 @@ pub struct ExplainAnswer {
     pub checked_at: String,
 }
 
-/// Explains one profile from its logged events: also what `entitled events` prints.
+/// Explains one profile from the logged events of it and of every profile linked with
+/// it (`links`, by level, as [`crate::store::history::shared_events`] reads them):
+/// also what `entitled events` prints. A shared level lists the events of its group
+/// (each names its profile), and its state's `shared_from` names the holder.
 pub fn explain_profile(
     profile_id: &str,
     logged: &[LoggedEvent],
+    links: &projection::LinksByLevel,
     rules: &projection::Rules,
     at: Timestamp,
 ) -> ExplainAnswer {
     let describe = |logged: &LoggedEvent, changed: Vec<String>| ExplainedEvent {
         profile_event_id: logged.event.id.to_string(),
+        profile_id: logged.event.profile_id.to_string(),
         event_type: logged.received_type.clone(),
         canonical_type: logged.event.event_type.map(|t| t.name().to_owned()),
         event_datetime: logged.event.event_datetime.to_rfc3339(),
@@ -63,36 +73,59 @@ pub fn explain_profile(
         vendor_product_id: logged.event.vendor_product_id.as_deref().map(str::to_owned),
         changed,
     };
+    let own: Arc<str> = Arc::from(profile_id);
     let mut by_level: BTreeMap<Arc<str>, Vec<&LoggedEvent>> = BTreeMap::new();
     let mut ignored_events = Vec::new();
     for logged in logged {
         match rules.level_of(&logged.event) {
             Some(level) => by_level.entry(level).or_default().push(logged),
-            None => ignored_events.push(describe(logged, Vec::new())),
+            None if logged.event.profile_id == own => {
+                ignored_events.push(describe(logged, Vec::new()))
+            }
+            None => {}
         }
     }
     let mut access_levels = BTreeMap::new();
     for (level, logged_events) in by_level {
         let by_id: BTreeMap<&str, &LoggedEvent> =
             logged_events.iter().map(|l| (&*l.event.id, *l)).collect();
-        let steps = projection::fold_steps(logged_events.iter().map(|l| &l.event));
+        let ordered = projection::in_order(logged_events.iter().map(|l| &l.event));
+        let level_links = links.get(&level).cloned().unwrap_or_default();
+        // Shown: the events of the profiles in the profile's group now, and of those
+        // that were in it when they came (a member that left since).
+        let last =
+            projection::Groups::with_links(level_links.clone()).fold_all(ordered.iter().copied());
+        let mut groups = projection::Groups::with_links(level_links);
         let mut before = None;
         let mut expires_at_set_by = None;
         let mut events = Vec::new();
-        for (event, after) in &steps {
+        for event in ordered {
+            let in_group = |groups: &projection::Groups| groups.same_group(&own, &event.profile_id);
+            let shown = in_group(&last) || in_group(&groups);
+            groups.apply(event);
+            if !(shown || in_group(&groups)) {
+                continue;
+            }
+            let after = groups.state_of(&own);
             let changed = projection::describe_change(before.as_ref(), after.as_ref());
             let expiry =
                 |s: &Option<projection::Entitlement>| s.as_ref().map(|e| e.window.expires_at);
-            if expiry(&before) != expiry(after) {
+            if expiry(&before) != expiry(&after) {
                 expires_at_set_by = Some(event.id.to_string());
             }
             events.push(describe(by_id[&*event.id], changed));
-            before = after.clone();
+            before = after;
         }
+        if events.is_empty() {
+            continue;
+        }
+        let shared_from = before
+            .as_ref()
+            .and_then(|e| e.shared_from.as_deref().map(str::to_owned));
         let state = before.map(|e| {
             let index = Index::new();
             index.apply([Change::Level {
-                profile_id: Arc::from(profile_id),
+                profile_id: own.clone(),
                 access_level_id: level.clone(),
                 entitlement: Some(e),
             }]);
@@ -105,6 +138,7 @@ pub fn explain_profile(
             level.to_string(),
             ExplainedLevel {
                 state: state.flatten(),
+                shared_from,
                 expires_at_set_by,
                 events,
             },

@@ -40,6 +40,11 @@ pub struct LevelView {
     /// `event_datetime` of the newest event folded into the level.
     #[schema(value_type = String)]
     pub updated_at: Timestamp,
+    /// The profile whose purchase this level's state comes from, when the profile
+    /// shares it (Adapty's "Sharing paid access between user accounts"); null when the
+    /// state is the profile's own.
+    #[schema(value_type = Option<String>)]
+    pub shared_from: Option<Arc<str>>,
     /// On the users route: the profile this level comes from.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
@@ -63,6 +68,7 @@ impl LevelView {
             vendor_product_id: level.labels.vendor_product_id.clone(),
             environment: level.labels.environment.clone(),
             updated_at: level.updated_at,
+            shared_from: level.labels.shared_from.clone(),
             profile_id,
             reach: (w.is_lifetime || w.expires_at.is_none(), w.expires_at),
         }

@@ -8,7 +8,7 @@
 pub mod datetime;
 pub mod names;
 
-use crate::projection::{Event, EventType, Snapshot};
+use crate::projection::{Event, EventType, SharedProfile, Snapshot};
 use crate::timestamp::Timestamp;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
@@ -131,6 +131,7 @@ pub fn parse(body: &[u8], names: &EventNames) -> Result<Webhook, ParseError> {
         subscription_expires_at: fields.datetime("subscription_expires_at")?,
         cancellation_reason: fields.str("cancellation_reason")?.map(Arc::from),
         snapshot,
+        shared_with: fields.shared_with(profile_id),
     };
     Ok(Webhook::Event(Box::new(ReceivedEvent {
         event,
@@ -218,6 +219,7 @@ struct Known<'a> {
     is_in_grace_period: Option<Value>,
     is_refund: Option<Value>,
     adapty_check: Option<Value>,
+    profiles_sharing_access_level: Option<Value>,
     #[serde(borrow)]
     event_properties: Option<&'a RawValue>,
 }
@@ -261,6 +263,7 @@ impl<'a> Known<'a> {
             "is_lifetime" => &self.is_lifetime,
             "is_in_grace_period" => &self.is_in_grace_period,
             "is_refund" => &self.is_refund,
+            "profiles_sharing_access_level" => &self.profiles_sharing_access_level,
             _ => return None,
         };
         field.as_ref().filter(|v| !v.is_null())
@@ -358,6 +361,36 @@ impl<'a> Fields<'a> {
             Some((_, Value::Bool(b))) => Ok(Some(*b)),
             Some((place, _)) => Err(place.invalid("true or false")),
         }
+    }
+
+    /// `profiles_sharing_access_level` (top level first), read leniently: entries that
+    /// are not objects with a non-empty string `profile_id`, and the event's own
+    /// profile, are left out; anything but an array is read as no list. A malformed
+    /// list must not cost the event (a 400 is never retried), and an entry without a
+    /// profile links nothing.
+    fn shared_with(&self, own_profile: &str) -> Vec<SharedProfile> {
+        let Some((_, Value::Array(entries))) = self.lookup("profiles_sharing_access_level", true)
+        else {
+            return Vec::new();
+        };
+        let text = |entry: &Value, key: &str| -> Option<Arc<str>> {
+            let s = entry.get(key)?.as_str()?.trim();
+            (!s.is_empty()).then(|| Arc::from(s))
+        };
+        let mut shared: Vec<SharedProfile> = Vec::new();
+        for entry in entries {
+            let Some(profile_id) = text(entry, "profile_id") else {
+                continue;
+            };
+            if &*profile_id == own_profile || shared.iter().any(|s| s.profile_id == profile_id) {
+                continue;
+            }
+            shared.push(SharedProfile {
+                profile_id,
+                customer_user_id: text(entry, "customer_user_id"),
+            });
+        }
+        shared
     }
 
     /// Whether a body without `event_type` is an access level's snapshot: it names the

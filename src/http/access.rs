@@ -221,10 +221,11 @@ pub async fn explain(
     let rules = state.rules.clone();
     let up_to = state.status.released_event();
     let answer = read_store(&state, move |reader| {
-        let logged = reader.profile_events(&profile_id, up_to)?;
+        let (logged, component) = reader.shared_events(&profile_id, up_to)?;
         Ok(explain_profile(
             &profile_id,
             &logged,
+            &component.links,
             &rules,
             Timestamp::now(),
         ))

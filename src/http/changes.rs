@@ -37,12 +37,15 @@ pub struct AccessChange {
     access_level_id: String,
     /// `true`: gained access; `false`: lost it.
     active: bool,
-    /// The canonical event type that did it, `expired` or `started` (the clock), or
-    /// `rebuild`.
+    /// The canonical event type that did it (`shared:<type>` when it was another
+    /// member's of the profile's sharing group), `expired` or `started` (the clock),
+    /// or `rebuild`.
     reason: String,
     profile_event_id: Option<String>,
     expires_at: Option<String>,
     changed_at: String,
+    /// The profile whose event did it, when not this one (shared access); else null.
+    shared_from: Option<String>,
 }
 
 impl From<store::AccessChange> for AccessChange {
@@ -57,6 +60,7 @@ impl From<store::AccessChange> for AccessChange {
             profile_event_id: row.profile_event_id,
             expires_at: row.expires_at,
             changed_at: row.changed_at,
+            shared_from: row.shared_from,
         }
     }
 }

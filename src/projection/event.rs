@@ -114,6 +114,16 @@ pub struct Event {
     pub cancellation_reason: Option<Arc<str>>,
     /// Present on `access_level_updated` when its level and `is_active` were given.
     pub snapshot: Option<Snapshot>,
+    /// `profiles_sharing_access_level`: the other profiles that share the level with
+    /// this one (the event's own profile left out; empty when null or absent).
+    pub shared_with: Vec<SharedProfile>,
+}
+
+/// One entry of `profiles_sharing_access_level`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedProfile {
+    pub profile_id: Arc<str>,
+    pub customer_user_id: Option<Arc<str>>,
 }
 
 impl Event {

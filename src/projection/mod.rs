@@ -8,10 +8,12 @@
 //! the same rules in prose.
 
 mod event;
+pub mod sharing;
 #[cfg(test)]
 mod tests;
 
-pub use event::{Event, EventType, Snapshot};
+pub use event::{Event, EventType, SharedProfile, Snapshot};
+pub use sharing::{membership, GroupState, Groups, LinksByLevel, Membership, MAX_SHARING_GROUP};
 
 use crate::timestamp::Timestamp;
 use std::collections::{BTreeMap, HashMap};
@@ -117,6 +119,12 @@ pub struct Entitlement {
     pub last_event_id: Arc<str>,
     pub last_event_type: EventType,
     pub last_event_at: Timestamp,
+    /// The profile whose events this state comes from, when not the row's own: a
+    /// member of a sharing group (see [`sharing`]). `None`: its own.
+    pub shared_from: Option<Arc<str>>,
+    /// The sharing group the row's profile is in for this level: the group's smallest
+    /// profile id. `None`: alone.
+    pub sharing_group: Option<Arc<str>>,
 }
 
 /// The position of an event in the fold: `event_datetime`, then a rank that puts, at
@@ -350,6 +358,8 @@ fn granted(
         last_event_id: event.id.clone(),
         last_event_type: EventType::SubscriptionStarted,
         last_event_at: event.event_datetime,
+        shared_from: None,
+        sharing_group: None,
     }
 }
 
@@ -390,7 +400,7 @@ pub fn fold_all<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<Entit
 }
 
 /// The events that fold, in [`order_key`] order, each id once.
-fn in_order<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<&'a Event> {
+pub fn in_order<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<&'a Event> {
     let mut ordered: Vec<(OrderKey<'a>, &'a Event)> = events
         .into_iter()
         .filter_map(|e| Some((order_key(e)?, e)))
@@ -474,23 +484,41 @@ pub fn describe_change(before: Option<&Entitlement>, after: Option<&Entitlement>
 }
 
 /// The whole projection of a set of events: what the `entitlements` table holds for
-/// them, by `(profile_id, access_level_id)`. Exact duplicates count once; arrival
-/// order does not matter.
+/// them, by `(profile_id, access_level_id)`, sharing groups included ([`sharing`]).
+/// Exact duplicates count once; arrival order does not matter.
 pub fn project<'a>(
     events: impl IntoIterator<Item = &'a Event>,
     rules: &Rules,
 ) -> BTreeMap<(Arc<str>, Arc<str>), Entitlement> {
-    let mut by_level: BTreeMap<(Arc<str>, Arc<str>), Vec<&'a Event>> = BTreeMap::new();
+    project_with_links(events, rules, None)
+}
+
+/// [`project`], making only the sharing links given by level (both ways) when
+/// `links` is given: the links the store holds, whose bound it checked in arrival
+/// order. Without, links are made in event order up to [`MAX_SHARING_GROUP`].
+pub fn project_with_links<'a>(
+    events: impl IntoIterator<Item = &'a Event>,
+    rules: &Rules,
+    links: Option<&LinksByLevel>,
+) -> BTreeMap<(Arc<str>, Arc<str>), Entitlement> {
+    let mut by_level: BTreeMap<Arc<str>, Vec<&'a Event>> = BTreeMap::new();
     for event in events {
         if let Some(level) = rules.level_of(event) {
-            by_level
-                .entry((event.profile_id.clone(), level))
-                .or_default()
-                .push(event);
+            by_level.entry(level).or_default().push(event);
         }
     }
-    by_level
-        .into_iter()
-        .filter_map(|(key, events)| Some((key, fold_all(events)?)))
-        .collect()
+    let mut projected = BTreeMap::new();
+    for (level, events) in by_level {
+        let groups = match links {
+            Some(links) => Groups::with_links(links.get(&level).cloned().unwrap_or_default()),
+            None => Groups::default(),
+        }
+        .fold_all(events);
+        for (profile, row) in groups.rows() {
+            if let Some(row) = row {
+                projected.insert((profile.clone(), level.clone()), row);
+            }
+        }
+    }
+    projected
 }

@@ -21,6 +21,7 @@ fn event(id: &str, event_type: EventType, day: i64) -> Event {
         subscription_expires_at: Some(at(day + 30)),
         cancellation_reason: None,
         snapshot: None,
+        shared_with: Vec::new(),
     }
 }
 

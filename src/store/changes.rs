@@ -13,6 +13,9 @@ pub enum ChangeReason<'a> {
     Event {
         event_type: EventType,
         profile_event_id: &'a str,
+        /// The member of the profile's sharing group whose event it was, when not the
+        /// profile itself: the reason reads `shared:<type>`.
+        shared_from: Option<&'a str>,
     },
     /// `expires_at` passed with no event.
     Expired,
@@ -32,22 +35,32 @@ pub fn record_change(
     expires_at: Option<Timestamp>,
     now: Timestamp,
 ) -> Result<i64, StoreError> {
-    let (reason, event_id) = match reason {
+    let (reason, event_id, shared_from) = match reason {
         ChangeReason::Event {
             event_type,
             profile_event_id,
-        } => (event_type.name(), Some(profile_event_id)),
-        ChangeReason::Expired => ("expired", None),
-        ChangeReason::Started => ("started", None),
-        ChangeReason::Rebuild => ("rebuild", None),
+            shared_from: None,
+        } => (event_type.name().to_owned(), Some(profile_event_id), None),
+        ChangeReason::Event {
+            event_type,
+            profile_event_id,
+            shared_from: Some(from),
+        } => (
+            format!("shared:{}", event_type.name()),
+            Some(profile_event_id),
+            Some(from),
+        ),
+        ChangeReason::Expired => ("expired".to_owned(), None, None),
+        ChangeReason::Started => ("started".to_owned(), None, None),
+        ChangeReason::Rebuild => ("rebuild".to_owned(), None, None),
     };
     // The profile's `customer_user_id` as this transaction has it: the event that made
     // the change has already updated the profile.
     conn.prepare_cached(
         "INSERT INTO access_changes (profile_id, access_level_id, active, reason, \
-         profile_event_id, expires_at, changed_at, customer_user_id) \
+         profile_event_id, expires_at, changed_at, customer_user_id, shared_from) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \
-         (SELECT customer_user_id FROM profiles WHERE profile_id = ?1))",
+         (SELECT customer_user_id FROM profiles WHERE profile_id = ?1), ?8)",
     )?
     .execute(params![
         profile_id,
@@ -57,6 +70,7 @@ pub fn record_change(
         event_id,
         expires_at.map(Timestamp::to_rfc3339),
         now.to_rfc3339(),
+        shared_from,
     ])?;
     Ok(conn.last_insert_rowid())
 }
@@ -73,6 +87,8 @@ pub struct AccessChange {
     pub profile_event_id: Option<String>,
     pub expires_at: Option<String>,
     pub changed_at: String,
+    /// The member whose event did it, when not this profile.
+    pub shared_from: Option<String>,
 }
 
 /// The changes after `after` and at most `up_to` (what the writer has released),
@@ -85,7 +101,7 @@ pub fn changes_after(
 ) -> Result<Vec<AccessChange>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, profile_id, customer_user_id, access_level_id, active, reason, \
-         profile_event_id, expires_at, changed_at \
+         profile_event_id, expires_at, changed_at, shared_from \
          FROM access_changes WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
     )?;
     let rows = stmt.query_map(params![after, up_to, limit], |r| {
@@ -99,6 +115,7 @@ pub fn changes_after(
             profile_event_id: r.get(6)?,
             expires_at: r.get(7)?,
             changed_at: r.get(8)?,
+            shared_from: r.get(9)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

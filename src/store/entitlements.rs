@@ -17,7 +17,7 @@ pub(crate) fn time(text: Option<String>) -> Result<Option<Timestamp>, StoreError
 pub(super) const ENTITLEMENT_COLUMNS: &str =
     "profile_id, access_level_id, is_active, expires_at, starts_at, \
      will_renew, is_lifetime, in_grace_period, is_refund, store, vendor_product_id, environment, \
-     last_event_id, last_event_type, last_event_at, reported_active";
+     last_event_id, last_event_type, last_event_at, reported_active, shared_from, sharing_group";
 
 /// One `entitlements` row, with its key.
 pub struct EntitlementRow {
@@ -54,6 +54,8 @@ pub(super) fn entitlement_row(
                 last_event_type: EventType::from_name(&last_type)
                     .ok_or_else(|| StoreError::Corrupt(format!("event type {last_type}")))?,
                 last_event_at: time(Some(row.get(14)?))?.unwrap_or(Timestamp::from_micros(0)),
+                shared_from: arc(row.get(16)?),
+                sharing_group: arc(row.get(17)?),
             },
             reported_active: row.get(15)?,
         })
@@ -87,7 +89,7 @@ pub fn save_entitlement(
     let text = |t: Option<Timestamp>| t.map(Timestamp::to_rfc3339);
     let sql = format!(
         "INSERT OR REPLACE INTO entitlements ({ENTITLEMENT_COLUMNS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
     );
     conn.prepare_cached(&sql)?.execute(params![
         profile_id,
@@ -106,6 +108,8 @@ pub fn save_entitlement(
         e.last_event_type.name(),
         e.last_event_at.to_rfc3339(),
         reported_active,
+        e.shared_from.as_deref(),
+        e.sharing_group.as_deref(),
     ])?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! command-line tools. All read-only: safe beside a running daemon.
 
 use super::entitlements::{entitlement_row, time, ENTITLEMENT_COLUMNS};
+use super::sharing::{self, Component};
 use super::writer::Decode;
 use super::StoreError;
 use crate::index::{Change, Index};
@@ -49,6 +50,24 @@ pub fn profile_events(
         });
     }
     Ok(events)
+}
+
+/// Every stored event of a profile and of every profile ever linked with it by a
+/// sharing declaration (any level), up to `seq` `up_to`, in arrival order by profile;
+/// and those links. What decides the profile's shared levels: explain and time travel
+/// read it.
+pub fn shared_events(
+    conn: &Connection,
+    profile_id: &str,
+    up_to: i64,
+    decode: &dyn Decode,
+) -> Result<(Vec<LoggedEvent>, Component), StoreError> {
+    let component = sharing::component(conn, None, &Arc::from(profile_id))?;
+    let mut logged = Vec::new();
+    for profile in &component.profiles {
+        logged.extend(profile_events(conn, profile, up_to, decode)?);
+    }
+    Ok((logged, component))
 }
 
 /// The profiles that carry `customer_user_id` now.
@@ -99,7 +118,8 @@ pub fn index_now(conn: &Connection, profile_ids: &[String]) -> Result<Index, Sto
 
 /// An index of these profiles as of `at`: what the events with `event_datetime` up to
 /// `at` (and `seq` up to `up_to`, as [`profile_events`]) said, the customer_user_id
-/// too, to be evaluated at `at`.
+/// too, to be evaluated at `at`. A shared level is folded from its group's events,
+/// the group as the declarations up to `at` made it.
 pub fn index_as_of(
     conn: &Connection,
     profile_ids: &[String],
@@ -110,26 +130,35 @@ pub fn index_as_of(
 ) -> Result<Index, StoreError> {
     let index = Index::new();
     for profile_id in profile_ids {
-        let events: Vec<Event> = profile_events(conn, profile_id, up_to, decode)?
+        let (logged, component) = shared_events(conn, profile_id, up_to, decode)?;
+        let events: Vec<Event> = logged
             .into_iter()
             .map(|logged| logged.event)
             .filter(|event| event.event_datetime <= at)
             .collect();
-        let mut changes: Vec<Change> = projection::project(&events, rules)
-            .into_iter()
-            .map(
-                |((profile_id, access_level_id), entitlement)| Change::Level {
-                    profile_id,
-                    access_level_id,
-                    entitlement: Some(entitlement),
-                },
-            )
-            .collect();
-        let newest_user = events
-            .iter()
-            .filter(|e| e.customer_user_id.is_some())
-            .max_by(|a, b| (a.event_datetime, &a.id).cmp(&(b.event_datetime, &b.id)));
-        if let Some(customer_user_id) = newest_user.and_then(|e| e.customer_user_id.clone()) {
+        let mut changes: Vec<Change> =
+            projection::project_with_links(&events, rules, Some(&component.links))
+                .into_iter()
+                .filter(|((profile, _), _)| **profile == **profile_id)
+                .map(
+                    |((profile_id, access_level_id), entitlement)| Change::Level {
+                        profile_id,
+                        access_level_id,
+                        entitlement: Some(entitlement),
+                    },
+                )
+                .collect();
+        // Said by the profile's own events, or by a sharing declaration naming it.
+        let users = events.iter().filter_map(|e| {
+            let user = if *e.profile_id == **profile_id {
+                e.customer_user_id.clone()
+            } else {
+                let named = e.shared_with.iter().find(|s| *s.profile_id == **profile_id);
+                named.and_then(|s| s.customer_user_id.clone())
+            };
+            Some(((e.event_datetime, e.id.clone()), user?))
+        });
+        if let Some((_, customer_user_id)) = users.max_by(|a, b| a.0.cmp(&b.0)) {
             changes.push(Change::CustomerUserId {
                 profile_id: Arc::from(profile_id.as_str()),
                 customer_user_id,

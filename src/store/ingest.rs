@@ -1,14 +1,19 @@
 //! The SQL of each event, inside the writer's transaction: store it, keep its
-//! profile current, refold its level, and record what flipped; and the clock's
-//! report of what flipped with no event.
+//! profile current, fold it into its level (of every member of its sharing group),
+//! and record what flipped; and the clock's report of what flipped with no event.
 
+use super::sharing;
 use super::writer::{Decode, Outcome};
-use super::{record_change, ChangeReason, StoreError};
+use super::{record_change, ChangeReason, EntitlementRow, StoreError};
 use crate::adapty::ReceivedEvent;
 use crate::index::Change;
-use crate::projection::{self, Event, Rules};
+use crate::projection::{
+    self, Entitlement, Event, EventType, GroupState, Groups, Membership, Rules,
+};
 use crate::timestamp::Timestamp;
 use rusqlite::{params, Connection};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
 /// What a transaction changed that others must learn once it commits.
 #[derive(Default)]
@@ -59,58 +64,184 @@ pub(super) fn ingest(
         return Ok(Outcome::Duplicate);
     }
     effects.newest_event = Some(conn.last_insert_rowid());
-    record_profile(conn, event, &mut effects.index)?;
+    let at = (event.event_datetime, &*event.id);
+    record_profile(
+        conn,
+        &event.profile_id,
+        event.customer_user_id.as_ref(),
+        at,
+        effects,
+    )?;
     let (Some(level), Some(event_type)) = (rules.level_of(event), event.event_type) else {
         return Ok(Outcome::Ignored);
     };
+    let membership = projection::membership(event);
+    let mut linked = false;
+    if let Membership::Joins(shared) = membership {
+        for other in shared {
+            let user = other.customer_user_id.as_ref();
+            record_profile(conn, &other.profile_id, user, at, effects)?;
+        }
+        linked = sharing::add_links(conn, &level, event, shared)?;
+    }
     let saved = super::entitlement(conn, &event.profile_id, &level)?;
-    let (saved, reported) = match saved {
-        Some(row) => (Some(row.entitlement), row.reported_active),
-        None => (None, false),
+    let rows = match direct_fold(conn, &level, event, membership, linked, saved.as_ref())? {
+        Some(rows) => rows,
+        None => refold(conn, &level, event, rules, decode)?,
     };
-    let next = projection::fold_arrival(saved.clone(), event, || {
-        level_log(conn, event, &level, rules, decode)
-    })?;
-    let active_now = next.as_ref().is_some_and(|e| e.window.grants_at(now));
-    if active_now != reported {
-        let reason = ChangeReason::Event {
-            event_type,
-            profile_event_id: &event.id,
+    let mut saved = saved;
+    for (profile_id, next) in rows {
+        let saved_row = if profile_id == event.profile_id {
+            saved.take()
+        } else {
+            super::entitlement(conn, &profile_id, &level)?
         };
-        let expires_at = next.as_ref().and_then(|e| e.window.expires_at);
-        let seq = record_change(
-            conn,
-            &event.profile_id,
-            &level,
-            active_now,
-            reason,
-            expires_at,
-            now,
-        )?;
-        effects.newest_change = Some(seq);
-    }
-    if next == saved && active_now == reported {
-        return Ok(Outcome::Stored);
-    }
-    match &next {
-        Some(entitlement) => {
-            super::save_entitlement(conn, &event.profile_id, &level, entitlement, active_now)?
-        }
-        None => {
-            conn.prepare_cached(
-                "DELETE FROM entitlements WHERE profile_id = ?1 AND access_level_id = ?2",
-            )?
-            .execute(params![&*event.profile_id, &*level])?;
-        }
-    }
-    if next != saved {
-        effects.index.push(Change::Level {
-            profile_id: event.profile_id.clone(),
-            access_level_id: level,
-            entitlement: next,
-        });
+        let changed = Changed {
+            profile_id: &profile_id,
+            level: &level,
+            saved: saved_row,
+            next,
+        };
+        changed.record(conn, event, event_type, now, effects)?;
     }
     Ok(Outcome::Stored)
+}
+
+/// Each profile an event may change, with its row after it (`None`: no state).
+type Rows = Vec<(Arc<str>, Option<Entitlement>)>;
+
+/// The rows an event changes, folded onto the saved state: when it sorts after every
+/// event of its group's state and changes no membership (nearly every event). Every
+/// member of the group gets the new state. `None`: the level must be refolded.
+fn direct_fold(
+    conn: &Connection,
+    level: &str,
+    event: &Event,
+    membership: Membership<'_>,
+    linked: bool,
+    saved: Option<&EntitlementRow>,
+) -> Result<Option<Rows>, StoreError> {
+    let Some(saved) = saved else {
+        return Ok(None);
+    };
+    let in_order = projection::order_key(event).is_some_and(|k| k > saved.entitlement.last_key());
+    if linked || !in_order {
+        return Ok(None);
+    }
+    let group = saved.entitlement.sharing_group.clone();
+    let members = match &group {
+        Some(group) => sharing::group_members(conn, level, group)?,
+        None => vec![event.profile_id.clone()],
+    };
+    let state = GroupState::of_member(&event.profile_id, saved.entitlement.clone());
+    let next = match membership {
+        Membership::Stays => state.fold(event),
+        Membership::Leaves if group.is_none() => state.fold(event),
+        Membership::Joins(shared) if shared.iter().all(|s| members.contains(&s.profile_id)) => {
+            match projection::sharing::declared([&state], event) {
+                Some(next) => next,
+                None => return Ok(None),
+            }
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(
+        members
+            .into_iter()
+            .map(|m| {
+                let row = next.for_member(&m, group.as_ref());
+                (m, Some(row))
+            })
+            .collect(),
+    ))
+}
+
+/// The rows of every profile ever linked with the event's for its level, folded again
+/// from the log: when the event arrived out of order, is the level's first, or makes
+/// or ends a link.
+fn refold(
+    conn: &Connection,
+    level: &Arc<str>,
+    event: &Event,
+    rules: &Rules,
+    decode: &dyn Decode,
+) -> Result<Rows, StoreError> {
+    let component = sharing::component(conn, Some(level), &event.profile_id)?;
+    let events = level_log(conn, &component.profiles, event, level, rules, decode)?;
+    let groups = Groups::with_links(component.links_of(level)).fold_all(&events);
+    Ok(component
+        .profiles
+        .into_iter()
+        .map(|p| {
+            let row = groups.state_of(&p);
+            (p, row)
+        })
+        .collect())
+}
+
+/// One profile's level before and after an event.
+struct Changed<'a> {
+    profile_id: &'a Arc<str>,
+    level: &'a Arc<str>,
+    saved: Option<EntitlementRow>,
+    next: Option<Entitlement>,
+}
+
+impl Changed<'_> {
+    /// Saves the new state, records a flip in the change feed (a flip by another
+    /// member's event says so), and tells the index.
+    fn record(
+        self,
+        conn: &Connection,
+        event: &Event,
+        event_type: EventType,
+        now: Timestamp,
+        effects: &mut Effects,
+    ) -> Result<(), StoreError> {
+        let Changed {
+            profile_id,
+            level,
+            saved,
+            next,
+        } = self;
+        let (saved, reported) = match saved {
+            Some(row) => (Some(row.entitlement), row.reported_active),
+            None => (None, false),
+        };
+        let active_now = next.as_ref().is_some_and(|e| e.window.grants_at(now));
+        if active_now != reported {
+            let reason = ChangeReason::Event {
+                event_type,
+                profile_event_id: &event.id,
+                shared_from: (event.profile_id != *profile_id).then_some(&*event.profile_id),
+            };
+            let expires_at = next.as_ref().and_then(|e| e.window.expires_at);
+            let seq = record_change(conn, profile_id, level, active_now, reason, expires_at, now)?;
+            effects.newest_change = Some(seq);
+        }
+        if next == saved && active_now == reported {
+            return Ok(());
+        }
+        match &next {
+            Some(entitlement) => {
+                super::save_entitlement(conn, profile_id, level, entitlement, active_now)?
+            }
+            None => {
+                conn.prepare_cached(
+                    "DELETE FROM entitlements WHERE profile_id = ?1 AND access_level_id = ?2",
+                )?
+                .execute(params![&**profile_id, &**level])?;
+            }
+        }
+        if next != saved {
+            effects.index.push(Change::Level {
+                profile_id: profile_id.clone(),
+                access_level_id: level.clone(),
+                entitlement: next,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Reports the levels the clock flipped since the feed last spoke of them: an
@@ -142,50 +273,56 @@ pub(super) fn report_clock(
     Ok(())
 }
 
-/// Every stored event of one level of `event`'s profile, `event` included, for
-/// refolding the level when an event arrives out of order or the level has no saved
-/// state. Only the other events are read back and parsed: `event` is parsed already,
-/// and the first event of a new profile (the common case) reads nothing.
+/// Every stored event of the level of these profiles, `event` included, for refolding
+/// the level. Only the other events are read back and parsed: `event` is parsed
+/// already, and the first event of a new profile (the common case) reads nothing.
 fn level_log(
     conn: &Connection,
+    profiles: &BTreeSet<Arc<str>>,
     event: &Event,
     level: &str,
     rules: &Rules,
     decode: &dyn Decode,
 ) -> Result<Vec<Event>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT body FROM events WHERE profile_id = ?1 AND profile_event_id <> ?2",
-    )?;
-    let mut rows = stmt.query(params![&*event.profile_id, &*event.id])?;
+    let mut stmt =
+        conn.prepare_cached("SELECT profile_event_id, body FROM events WHERE profile_id = ?1")?;
     let mut events = vec![event.clone()];
-    while let Some(row) = rows.next()? {
-        let body: String = row.get(0)?;
-        let logged = decode.decode(&body).ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "a stored event of profile {} no longer parses",
-                event.profile_id
-            ))
-        })?;
-        if rules.level_of(&logged).as_deref() == Some(level) {
-            events.push(logged);
+    for profile_id in profiles {
+        let mut rows = stmt.query(params![&**profile_id])?;
+        while let Some(row) = rows.next()? {
+            let id: String = row.get(0)?;
+            if *profile_id == event.profile_id && id == *event.id {
+                continue;
+            }
+            let body: String = row.get(1)?;
+            let logged = decode.decode(&body).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "a stored event of profile {profile_id} no longer parses"
+                ))
+            })?;
+            if rules.level_of(&logged).as_deref() == Some(level) {
+                events.push(logged);
+            }
         }
     }
     Ok(events)
 }
 
-/// Keeps `profiles` current: every profile seen has a row, carrying the
-/// `customer_user_id` of its newest event that had one (by `event_datetime`, then
-/// `profile_event_id`), whatever order they came in.
+/// Keeps `profiles` current: every profile seen (as an event's own, or named by a
+/// sharing declaration) has a row, carrying the `customer_user_id` said last (by
+/// `event_datetime`, then `profile_event_id`), whatever order the events came in.
 fn record_profile(
     conn: &Connection,
-    event: &Event,
-    changes: &mut Vec<Change>,
+    profile_id: &Arc<str>,
+    customer_user_id: Option<&Arc<str>>,
+    (at, event_id): (Timestamp, &str),
+    effects: &mut Effects,
 ) -> Result<(), StoreError> {
-    let Some(customer_user_id) = &event.customer_user_id else {
+    let Some(customer_user_id) = customer_user_id else {
         conn.prepare_cached(
             "INSERT INTO profiles (profile_id) VALUES (?1) ON CONFLICT DO NOTHING",
         )?
-        .execute(params![&*event.profile_id])?;
+        .execute(params![&**profile_id])?;
         return Ok(());
     };
     let updated = conn
@@ -201,14 +338,14 @@ fn record_profile(
                    > (profiles.customer_user_id_at, profiles.customer_user_id_event)",
         )?
         .execute(params![
-            &*event.profile_id,
+            &**profile_id,
             &**customer_user_id,
-            event.event_datetime.to_rfc3339(),
-            &*event.id,
+            at.to_rfc3339(),
+            event_id,
         ])?;
     if updated > 0 {
-        changes.push(Change::CustomerUserId {
-            profile_id: event.profile_id.clone(),
+        effects.index.push(Change::CustomerUserId {
+            profile_id: profile_id.clone(),
             customer_user_id: customer_user_id.clone(),
         });
     }

@@ -31,6 +31,9 @@ pub(super) fn migrate(conn: &Connection, path: &str) -> Result<(), StoreError> {
     if version < 3 {
         upgrade_to_3(conn, path)?;
     }
+    if version < 4 {
+        upgrade_to_4(conn, path)?;
+    }
     Ok(())
 }
 
@@ -157,6 +160,52 @@ fn upgrade_to_3(conn: &Connection, path: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Version 3 → 4: shared access. `entitlements` gets `shared_from` and
+/// `sharing_group`, `access_changes` gets `shared_from`, and `sharing_links`, its
+/// index, `upgrade_tasks` and the view are created as a new file has them. Rows
+/// before were each their own (NULL is right for them).
+///
+/// Events stored before may already declare shared access: folding them needs the
+/// configuration (`--product-levels`, `--sandbox`, `--event-names`), which an upgrade
+/// does not have. So when one does, the upgrade leaves a 'rebuild' task, and the
+/// daemon's next start (or `entitled rebuild`) rebuilds the projection under its
+/// configuration before it warms the index, in one transaction that also clears the
+/// task ([`super::finish_upgrade`]). Finding them reads every body once.
+fn upgrade_to_4(conn: &Connection, path: &str) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    tracing::info!(path, "upgrading the schema from version 3 to 4");
+    let steps = format!(
+        "ALTER TABLE entitlements ADD COLUMN shared_from TEXT;
+         ALTER TABLE entitlements ADD COLUMN sharing_group TEXT;
+         ALTER TABLE access_changes ADD COLUMN shared_from TEXT;
+         {index}
+         {links}
+         {tasks}
+         INSERT INTO upgrade_tasks (task, reason)
+           SELECT 'rebuild', 'stored events declare shared access (schema version 4)'
+           WHERE EXISTS (SELECT 1 FROM events
+             WHERE body LIKE '%profiles_sharing_access_level%'
+               AND json_valid(body)
+               AND (json_array_length(body, '$.profiles_sharing_access_level') > 0
+                 OR json_array_length(body,
+                      '$.event_properties.profiles_sharing_access_level') > 0));
+         DROP VIEW active_entitlements;
+         {view}
+         PRAGMA user_version = 4;",
+        index = schema_statement("CREATE INDEX entitlements_by_sharing_group", ";"),
+        links = schema_statement("CREATE TABLE sharing_links", ";"),
+        tasks = schema_statement("CREATE TABLE upgrade_tasks", ";"),
+        view = schema_statement("CREATE VIEW active_entitlements", ";"),
+    );
+    in_one_transaction(conn, &steps)?;
+    tracing::info!(
+        path,
+        seconds = started.elapsed().as_secs_f64(),
+        "schema upgraded to version 4"
+    );
+    Ok(())
+}
+
 /// Runs `steps` in one `BEGIN IMMEDIATE` transaction, rolled back whole on any error.
 fn in_one_transaction(conn: &Connection, steps: &str) -> Result<(), StoreError> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -264,7 +313,7 @@ mod tests {
             .unwrap();
         }
         let (conn, _lock) = open(&path, Synchronous::Full).unwrap();
-        assert_eq!(user_version(&conn), 3);
+        assert_eq!(user_version(&conn), SCHEMA_VERSION);
         let users: Vec<(String, Option<String>)> = conn
             .prepare("SELECT profile_id, customer_user_id FROM access_changes ORDER BY seq")
             .unwrap()

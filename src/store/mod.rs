@@ -35,6 +35,7 @@ mod entitlements;
 mod ingest;
 mod migrate;
 mod open;
+pub mod sharing;
 mod sync;
 mod warm;
 
@@ -55,7 +56,7 @@ pub const SCHEMA: &str = include_str!("../../schema.sql");
 /// `PRAGMA application_id` of an entitled database ("entd").
 pub const APPLICATION_ID: i64 = 0x656e_7464;
 /// `PRAGMA user_version` that [`SCHEMA`] creates.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 /// The page cache, in KiB (SQLite's default: 2 MiB): the writer's inserts touch the
 /// index pages of `events`, which on a database of millions of events no longer fit in
 /// 2 MiB. The cache fills only as pages are read. (The writer takes less while the file

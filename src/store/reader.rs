@@ -9,6 +9,7 @@
 
 use super::history::{self, LoggedEvent};
 use super::open::{database_file, wal_path};
+use super::sharing::Component;
 use super::{changes_after, open_read_only, AccessChange, StoreError};
 use crate::adapty::Decoder;
 use crate::index::Index;
@@ -21,8 +22,13 @@ use std::time::Duration;
 
 /// What the read API asks of the store.
 pub trait Reader: Send + Sync {
-    /// A profile's stored events up to `up_to` (an `events.seq`), in arrival order.
-    fn profile_events(&self, profile_id: &str, up_to: i64) -> Result<Vec<LoggedEvent>, StoreError>;
+    /// A profile's stored events up to `up_to` (an `events.seq`), with those of every
+    /// profile linked with it by sharing, and the links ([`history::shared_events`]).
+    fn shared_events(
+        &self,
+        profile_id: &str,
+        up_to: i64,
+    ) -> Result<(Vec<LoggedEvent>, Component), StoreError>;
 
     /// The state of these profiles as of `at`, folded from the log up to `up_to`.
     fn index_as_of(
@@ -94,8 +100,12 @@ impl SqliteReader {
 }
 
 impl Reader for SqliteReader {
-    fn profile_events(&self, profile_id: &str, up_to: i64) -> Result<Vec<LoggedEvent>, StoreError> {
-        self.with(|conn| history::profile_events(conn, profile_id, up_to, &self.decoder))
+    fn shared_events(
+        &self,
+        profile_id: &str,
+        up_to: i64,
+    ) -> Result<(Vec<LoggedEvent>, Component), StoreError> {
+        self.with(|conn| history::shared_events(conn, profile_id, up_to, &self.decoder))
     }
 
     fn index_as_of(

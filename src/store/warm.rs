@@ -96,7 +96,7 @@ pub fn each_level_and_user(
     let mut levels = conn.prepare(
         "SELECT profile_id, access_level_id, is_active, expires_at, starts_at, will_renew, \
          is_lifetime, in_grace_period, is_refund, store, vendor_product_id, environment, \
-         last_event_at FROM entitlements ORDER BY profile_id, access_level_id",
+         last_event_at, shared_from FROM entitlements ORDER BY profile_id, access_level_id",
     )?;
     let mut users = conn.prepare(
         "SELECT profile_id, customer_user_id FROM profiles \
@@ -128,6 +128,7 @@ pub fn each_level_and_user(
                     is_refund: row.get(8)?,
                     store: optional_text(row, 9)?,
                     vendor_product_id: optional_text(row, 10)?,
+                    shared_from: optional_text(row, 13)?,
                     environment: optional_text(row, 11)?,
                     last_event_at,
                 };
@@ -257,6 +258,8 @@ mod tests {
                     last_event_id: Arc::from(format!("e-{n}-{k}")),
                     last_event_type: EventType::SubscriptionStarted,
                     last_event_at: at(-(n as i64)).unwrap(),
+                    shared_from: None,
+                    sharing_group: None,
                 };
                 crate::store::save_entitlement(&conn, profile_id, level, &entitlement, false)
                     .unwrap();

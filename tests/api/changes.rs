@@ -124,6 +124,7 @@ async fn a_purchase_and_a_refund_each_report_one_flip_and_other_events_none() {
             "profile_event_id": started.event_id(),
             "expires_at": out_time(t + days(30)),
             "changed_at": gained["changed_at"],
+            "shared_from": null,
         }),
         "the purchase's change"
     );

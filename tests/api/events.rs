@@ -42,6 +42,7 @@ async fn subscription_started_grants_until_expiry_with_every_field() {
             "vendor_product_id": MONTHLY,
             "environment": "Production",
             "updated_at": out_time(t - minutes(5)),
+            "shared_from": null,
         }),
         "{answer}"
     );
@@ -553,6 +554,7 @@ async fn access_level_updated_is_an_authoritative_snapshot() {
             "vendor_product_id": YEARLY,
             "environment": "Production",
             "updated_at": out_time(t - minutes(30)),
+            "shared_from": null,
         }),
         "{answer}"
     );

@@ -986,6 +986,7 @@ pub fn assert_level_shape(level: &Value) {
         "vendor_product_id",
         "environment",
         "updated_at",
+        "shared_from",
     ] {
         assert!(object.contains_key(key), "a level lacks `{key}`: {level}");
     }

@@ -86,7 +86,8 @@ async fn a_version_1_file_is_upgraded_at_start_and_its_events_still_count() {
     let mut daemon = Daemon::start_in(dir.path(), &[]);
     assert!(
         daemon.logs().contains("schema upgraded to version 2")
-            && daemon.logs().contains("schema upgraded to version 3"),
+            && daemon.logs().contains("schema upgraded to version 3")
+            && daemon.logs().contains("schema upgraded to version 4"),
         "{}",
         daemon.logs()
     );
@@ -94,7 +95,7 @@ async fn a_version_1_file_is_upgraded_at_start_and_its_events_still_count() {
     assert_eq!(
         conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
             .unwrap(),
-        3
+        4
     );
     let kept: Vec<(i64, String)> = conn
         .prepare("SELECT seq, profile_event_id FROM events ORDER BY seq")
@@ -137,7 +138,7 @@ async fn a_version_1_file_is_upgraded_at_start_and_its_events_still_count() {
 
     // Starting again upgrades nothing, and the log folds to what the table holds.
     daemon.restart();
-    assert_eq!(daemon.logs().matches("schema upgraded").count(), 2);
+    assert_eq!(daemon.logs().matches("schema upgraded").count(), 3);
     assert!(daemon.stop().success());
     let check = entitled()
         .args(["rebuild", "--check", "--db"])

@@ -462,5 +462,6 @@ pub fn to_event(e: &GenEvent) -> Event {
             is_in_grace_period: a.in_grace,
             is_refund: a.is_refund,
         }),
+        shared_with: Vec::new(),
     }
 }
