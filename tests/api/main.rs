@@ -26,5 +26,6 @@ mod ordering;
 mod overload;
 mod schema;
 mod security;
+mod sharing;
 mod upgrade;
 mod users;
