@@ -275,6 +275,7 @@ fn write_access_table(
         "vendor_product_id",
         "store",
         "environment",
+        "shared_from",
     ]
     .map(str::to_owned)];
     for (level, view) in levels {
@@ -289,6 +290,7 @@ fn write_access_table(
             text(&view.vendor_product_id),
             text(&view.store),
             text(&view.environment),
+            text(&view.shared_from),
         ]);
     }
     let widths: Vec<usize> = (0..rows[0].len())
@@ -332,11 +334,17 @@ pub fn events(args: EventsArgs) -> Result<(), CliError> {
     }
     for (level, explained_level) in &explained.access_levels {
         for event in &explained_level.events {
-            let effect = if event.changed.is_empty() {
+            let mut effect = if event.changed.is_empty() {
                 format!("{level}: no change")
             } else {
                 format!("{level}: {}", event.changed.join("; "))
             };
+            if event.profile_id != args.profile_id {
+                effect.push_str(&format!(
+                    " (shared: an event of profile {})",
+                    event.profile_id
+                ));
+            }
             lines.push(line(event, effect));
         }
     }
