@@ -351,3 +351,156 @@ fn record_profile(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The writer's incremental path against the projection: any arrival order of any
+    //! events, sharing declarations among them, with duplicates, leaves the table
+    //! `project` computes from the set.
+    use super::*;
+    use crate::projection::{project, SandboxPolicy, SharedProfile, Snapshot};
+    use crate::store::entitlements::{entitlement_row, ENTITLEMENT_COLUMNS};
+    use crate::store::{open, Synchronous};
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, HashMap};
+
+    const PROFILES: [&str; 4] = ["p1", "p2", "p3", "p4"];
+
+    fn day(n: i64) -> Timestamp {
+        Timestamp::from_micros(1_900_000_000_000_000 + n * 86_400_000_000)
+    }
+
+    fn arb_event(id: usize) -> impl Strategy<Value = Event> {
+        use EventType as T;
+        let types = prop::sample::select(vec![
+            T::SubscriptionStarted,
+            T::SubscriptionRenewed,
+            T::SubscriptionExpired,
+            T::SubscriptionRefunded,
+            T::SubscriptionRenewalCancelled,
+            T::BillingIssueDetected,
+            T::AccessLevelUpdated,
+            T::AccessLevelUpdated,
+            T::AccessLevelUpdated,
+        ]);
+        (
+            types,
+            0i64..6, // few days, so ties happen
+            prop::sample::select(vec!["monthly", "yearly"]),
+            prop::option::of(1i64..40),
+            any::<bool>(), // snapshot active
+            prop::sample::select(vec!["premium", "pro"]),
+            prop::sample::select(PROFILES.to_vec()),
+            prop::collection::vec(prop::sample::select(PROFILES.to_vec()), 0..3),
+            any::<bool>(), // sandbox
+        )
+            .prop_map(
+                move |(t, d, product, expiry, active, level, profile, shared, sandbox)| Event {
+                    id: Arc::from(format!("e{id:03}")),
+                    profile_id: Arc::from(profile),
+                    customer_user_id: None,
+                    event_type: Some(t),
+                    event_datetime: day(d),
+                    environment: Some(Arc::from(if sandbox { "Sandbox" } else { "Production" })),
+                    store: Some(Arc::from("app_store")),
+                    vendor_product_id: Some(Arc::from(product)),
+                    subscription_expires_at: expiry.map(day),
+                    cancellation_reason: None,
+                    snapshot: (t == T::AccessLevelUpdated).then(|| Snapshot {
+                        access_level_id: Arc::from(level),
+                        is_active: active,
+                        expires_at: expiry.map(day),
+                        starts_at: None,
+                        will_renew: active,
+                        is_lifetime: false,
+                        is_in_grace_period: false,
+                        is_refund: !active,
+                    }),
+                    shared_with: if t == T::AccessLevelUpdated {
+                        let mut listed: Vec<SharedProfile> = Vec::new();
+                        for p in shared.into_iter().filter(|p| *p != profile) {
+                            if listed.iter().all(|s| &*s.profile_id != p) {
+                                listed.push(SharedProfile {
+                                    profile_id: Arc::from(p),
+                                    customer_user_id: None,
+                                });
+                            }
+                        }
+                        listed
+                    } else {
+                        Vec::new()
+                    },
+                },
+            )
+    }
+
+    fn arb_events() -> impl Strategy<Value = Vec<Event>> {
+        (1usize..20).prop_flat_map(|n| (0..n).map(arb_event).collect::<Vec<_>>())
+    }
+
+    /// The table after the events arrive in this order through [`ingest`].
+    fn stored_after(
+        arrivals: &[Event],
+        rules: &Rules,
+    ) -> BTreeMap<(Arc<str>, Arc<str>), Entitlement> {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, _lock) = open(&dir.path().join("e.db"), Synchronous::Normal).unwrap();
+        // Bodies are event ids; the decoder looks the event up.
+        let by_id: HashMap<String, Event> = arrivals
+            .iter()
+            .map(|e| (e.id.to_string(), e.clone()))
+            .collect();
+        let decode = move |body: &str| by_id.get(body).cloned();
+        for event in arrivals {
+            let received = ReceivedEvent {
+                event: event.clone(),
+                received_type: event.event_type.unwrap().name().to_owned(),
+                body: event.id.to_string(),
+            };
+            let mut effects = Effects::default();
+            ingest(&conn, &received, day(3), rules, &decode, &mut effects).unwrap();
+        }
+        let mut stmt = conn
+            .prepare(&format!("SELECT {ENTITLEMENT_COLUMNS} FROM entitlements"))
+            .unwrap();
+        let mut rows = stmt.query([]).unwrap();
+        let mut table = BTreeMap::new();
+        while let Some(row) = rows.next().unwrap() {
+            let row = entitlement_row(row).unwrap().unwrap();
+            table.insert(
+                (Arc::from(row.profile_id), Arc::from(row.access_level_id)),
+                row.entitlement,
+            );
+        }
+        table
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn the_table_is_the_projection_whatever_the_arrival_order(
+            events in arb_events(),
+            seed in any::<u64>(),
+            duplicates in prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+            ignore_sandbox in any::<bool>(),
+        ) {
+            let rules = Rules::new(
+                HashMap::new(),
+                if ignore_sandbox { SandboxPolicy::Ignore } else { SandboxPolicy::Grant },
+            );
+            let expected = project(&events, &rules);
+            let mut arrivals = events.clone();
+            for d in &duplicates {
+                arrivals.push(d.get(&events).clone());
+            }
+            let mut state = seed;
+            for i in (1..arrivals.len()).rev() {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                arrivals.swap(i, (state >> 33) as usize % (i + 1));
+            }
+            prop_assert_eq!(stored_after(&arrivals, &rules), expected.clone());
+            prop_assert_eq!(stored_after(&events, &rules), expected);
+        }
+    }
+}
