@@ -27,5 +27,6 @@ mod overload;
 mod schema;
 mod security;
 mod sharing;
+mod sharing_upgrade;
 mod upgrade;
 mod users;
