@@ -311,7 +311,7 @@ fn level_log(
 /// Keeps `profiles` current: every profile seen (as an event's own, or named by a
 /// sharing declaration) has a row, carrying the `customer_user_id` said last (by
 /// `event_datetime`, then `profile_event_id`), whatever order the events came in.
-fn record_profile(
+pub(super) fn record_profile(
     conn: &Connection,
     profile_id: &Arc<str>,
     customer_user_id: Option<&Arc<str>>,

@@ -4,6 +4,7 @@
 
 use super::entitlements::{entitlement_row, ENTITLEMENT_COLUMNS};
 use super::history;
+use super::ingest::{record_profile, Effects};
 use super::writer::Decode;
 use super::{record_change, save_entitlement, ChangeReason, StoreError};
 use crate::projection::{self, membership, sharing, Entitlement, Event, Membership, Rules};
@@ -66,7 +67,7 @@ pub fn rebuild(
     let mut summary = Summary::default();
     let mut retype: Vec<(i64, Option<&'static str>)> = Vec::new();
     // The sharing links first: profiles linked are folded together, after the rest.
-    let links = links_in_order(&tx, rules, decode)?;
+    let links = links_in_order(&tx, rules, decode, write)?;
     let clusters = Clusters::of(&links);
     summary.relinked = relink(&tx, &links, write)?;
     {
@@ -205,10 +206,14 @@ fn folded_of(
 /// Every link the stored declarations make under `rules`, by level, in event order up
 /// to the bound (the live writer checks the bound in arrival order: past it, the two
 /// may differ, and this one wins). Only bodies that mention the field are parsed.
+/// With `write`, the profiles a declaration names get their `profiles` row and
+/// `customer_user_id`, as the writer gives them (a file from before version 4 lacks
+/// them).
 fn links_in_order(
     conn: &Connection,
     rules: &Rules,
     decode: &dyn Decode,
+    write: bool,
 ) -> Result<Vec<LevelLink>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT seq, body FROM events WHERE body LIKE '%profiles_sharing_access_level%'",
@@ -221,7 +226,16 @@ fn links_in_order(
         let event = decode
             .decode(&body)
             .ok_or_else(|| StoreError::Corrupt(format!("event {seq} no longer parses")))?;
-        if let (Some(level), Membership::Joins(_)) = (rules.level_of(&event), membership(&event)) {
+        if let (Some(level), Membership::Joins(shared)) =
+            (rules.level_of(&event), membership(&event))
+        {
+            if write {
+                let at = (event.event_datetime, &*event.id);
+                for other in shared {
+                    let user = other.customer_user_id.as_ref();
+                    record_profile(conn, &other.profile_id, user, at, &mut Effects::default())?;
+                }
+            }
             by_level.entry(level).or_default().push(event);
         }
     }
