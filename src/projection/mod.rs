@@ -12,6 +12,33 @@ pub mod sharing;
 #[cfg(test)]
 mod tests;
 
+/// For the property tests here and in the store.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Event;
+
+    /// `events` with the picked ones sent again, in an order shuffled by `seed`
+    /// (Fisher-Yates over an LCG): an arrival order Adapty could produce.
+    pub fn arrivals(
+        events: &[Event],
+        duplicates: &[proptest::sample::Index],
+        seed: u64,
+    ) -> Vec<Event> {
+        let mut arrivals = events.to_vec();
+        for d in duplicates {
+            arrivals.push(d.get(events).clone());
+        }
+        let mut state = seed;
+        for i in (1..arrivals.len()).rev() {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            arrivals.swap(i, (state >> 33) as usize % (i + 1));
+        }
+        arrivals
+    }
+}
+
 pub use event::{Event, EventType, SharedProfile, Snapshot};
 pub use sharing::{membership, GroupState, Groups, LinksByLevel, Membership, MAX_SHARING_GROUP};
 

@@ -490,15 +490,7 @@ mod tests {
                 if ignore_sandbox { SandboxPolicy::Ignore } else { SandboxPolicy::Grant },
             );
             let expected = project(&events, &rules);
-            let mut arrivals = events.clone();
-            for d in &duplicates {
-                arrivals.push(d.get(&events).clone());
-            }
-            let mut state = seed;
-            for i in (1..arrivals.len()).rev() {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                arrivals.swap(i, (state >> 33) as usize % (i + 1));
-            }
+            let arrivals = crate::projection::testing::arrivals(&events, &duplicates, seed);
             prop_assert_eq!(stored_after(&arrivals, &rules), expected.clone());
             prop_assert_eq!(stored_after(&events, &rules), expected);
         }
