@@ -94,6 +94,7 @@ pub fn import(args: ImportArgs) -> Result<ImportSummary, CliError> {
         status: Arc::new(Status::new()),
         rules: Arc::new(args.projection.rules()),
         decode: Arc::new(decoder.clone()),
+        lapses: None,
     }
     .start(queue)?;
 

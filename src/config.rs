@@ -38,6 +38,88 @@ pub enum Command {
     Access(AccessArgs),
     /// A profile's event timeline, one line per event, with the effect each had.
     Events(EventsArgs),
+    /// Fetch profiles from Adapty's server-side API and fold them in (day one, or after
+    /// lost webhooks). Beside a running daemon it goes through the daemon's refresh
+    /// routes; on a stopped file it writes itself. Re-running it is harmless.
+    Sync(SyncArgs),
+}
+
+/// Adapty's server-side API: off without a key.
+#[derive(Debug, Clone, Args)]
+pub struct AdaptyArgs {
+    /// The app's secret API key (`secret_live_…`, Adapty dashboard: App settings →
+    /// General → API keys). Sent as `Authorization: Api-Key …`; never logged.
+    #[arg(long, env = "ENTITLED_ADAPTY_SECRET_KEY", value_parser = secret, hide_env_values = true)]
+    pub adapty_secret_key: Option<SecretString>,
+
+    /// The API's base URL (tests point it at a local fake).
+    #[arg(
+        long,
+        env = "ENTITLED_ADAPTY_API_URL",
+        default_value = "https://api.adapty.io"
+    )]
+    pub adapty_api_url: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SyncArgs {
+    /// Profile ids to fetch, one a line (a file, or `-` for standard input).
+    #[arg(long, value_name = "FILE")]
+    pub profile_ids: Option<PathBuf>,
+
+    /// Your own user ids (customer_user_id) to fetch, one a line (a file, or `-`).
+    #[arg(long, value_name = "FILE")]
+    pub customer_user_ids: Option<PathBuf>,
+
+    /// Requests to Adapty in flight at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: u32,
+
+    /// Requests to Adapty a second, at most.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub rate: u32,
+
+    /// The running daemon to go through when it holds the file (its refresh routes).
+    #[arg(
+        long,
+        env = "ENTITLED_DAEMON_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub daemon_url: String,
+
+    /// The daemon's --read-token, when it has one.
+    #[arg(long, env = "ENTITLED_READ_TOKEN", value_parser = secret, hide_env_values = true)]
+    pub read_token: Option<SecretString>,
+
+    #[command(flatten)]
+    pub adapty: AdaptyArgs,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    #[command(flatten)]
+    pub projection: ProjectionArgs,
+
+    /// No progress bar (it is drawn only on a terminal anyway).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `--verify-before-lapse`: `off`, or how long after a renewing level's expiry to ask
+/// Adapty about it (`30s`, `5m`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyBeforeLapse {
+    Off,
+    After(std::time::Duration),
+}
+
+fn verify_before_lapse(value: &str) -> Result<VerifyBeforeLapse, String> {
+    if value.trim().eq_ignore_ascii_case("off") {
+        return Ok(VerifyBeforeLapse::Off);
+    }
+    humantime::parse_duration(value.trim())
+        .map(VerifyBeforeLapse::After)
+        .map_err(|e| format!("'{value}' is neither `off` nor a duration such as 5m: {e}"))
 }
 
 #[derive(Debug, Clone, Args)]
@@ -153,6 +235,14 @@ pub struct ServeArgs {
     /// are open (the default listen address is loopback).
     #[arg(long, env = "ENTITLED_READ_TOKEN", value_parser = secret, hide_env_values = true)]
     pub read_token: Option<SecretString>,
+
+    #[command(flatten)]
+    pub adapty: AdaptyArgs,
+
+    /// With an Adapty key: when a level set to renew passes its expires_at with no
+    /// newer event, ask Adapty about the profile this long after (`off` to never).
+    #[arg(long, env = "ENTITLED_VERIFY_BEFORE_LAPSE", value_parser = verify_before_lapse, default_value = "5m")]
+    pub verify_before_lapse: VerifyBeforeLapse,
 
     #[command(flatten)]
     pub projection: ProjectionArgs,

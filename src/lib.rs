@@ -11,6 +11,7 @@ pub mod config;
 pub mod http;
 pub mod index;
 pub mod projection;
+pub mod refresh;
 mod startup;
 pub mod status;
 pub mod store;

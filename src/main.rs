@@ -54,6 +54,21 @@ fn main() -> ExitCode {
         Command::Events(args) => {
             entitled::cli::events(args).map_or_else(fail, |()| ExitCode::SUCCESS)
         }
+        Command::Sync(args) => match entitled::refresh::sync::sync(args) {
+            Ok(summary) => {
+                println!("{summary}");
+                if summary.failed.is_empty() && !summary.interrupted {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(error @ entitled::refresh::sync::SyncError::Unauthorized) => {
+                eprintln!("entitled: {error}");
+                ExitCode::from(2)
+            }
+            Err(error) => fail(error),
+        },
     }
 }
 

@@ -2,10 +2,11 @@
 //! is a function below, in the order it runs.
 
 use crate::adapty::Decoder;
-use crate::config::ServeArgs;
+use crate::config::{ServeArgs, VerifyBeforeLapse};
 use crate::http::auth::{ReadAuth, WebhookAuth};
 use crate::http::{self, AppState};
 use crate::index::Index;
+use crate::refresh::{lapse, AdaptyApi, Refresher};
 use crate::status::Status;
 use crate::store;
 use crate::store::reader::SqliteReader;
@@ -62,7 +63,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             return Err(error);
         }
     };
-    let writer_thread = start_writer(conn, &state, queue)?;
+    let writer_thread = start_writer(conn, &state, &args, queue)?;
     state.status.set_warmed();
     tick_every_second(state.writer.clone());
     announce(server.addr)?;
@@ -112,17 +113,43 @@ fn build_state(
         );
     }
     let reader = SqliteReader::open(&args.store.db, decoder.clone(), rules.clone())?;
+    let index = Arc::new(Index::with_capacity(profiles));
+    let refresher = adapty_api(args, &writer, &index)?;
     let state = web::Data::new(AppState {
         writer,
-        index: Arc::new(Index::with_capacity(profiles)),
+        index,
         status: Arc::new(Status::new()),
         decoder,
         rules,
         reader: Arc::new(reader),
         webhook_auth,
         read_auth: ReadAuth::new(args.read_token.clone()),
+        refresher,
     });
     Ok((state, queue))
+}
+
+/// Requests a second the daemon makes to Adapty's API at most (refresh routes,
+/// `wait_for`, checks before a lapse together).
+const DAEMON_ADAPTY_RATE: u32 = 10;
+
+/// Adapty's server-side API, when a key is set.
+fn adapty_api(
+    args: &ServeArgs,
+    writer: &WriterHandle,
+    index: &Arc<Index>,
+) -> Result<Option<Arc<Refresher>>, ServeError> {
+    let Some(key) = args.adapty.adapty_secret_key.clone() else {
+        tracing::info!("no --adapty-secret-key: refresh routes, wait_for's question to Adapty and verify-before-lapse are off");
+        return Ok(None);
+    };
+    let api = AdaptyApi::new(&args.adapty.adapty_api_url, key, DAEMON_ADAPTY_RATE)
+        .map_err(|e| ServeError::Io(std::io::Error::other(e)))?;
+    Ok(Some(Arc::new(Refresher::new(
+        api,
+        writer.clone(),
+        index.clone(),
+    ))))
 }
 
 /// The HTTP server, bound and running.
@@ -225,14 +252,26 @@ async fn warm_index(
 fn start_writer(
     conn: rusqlite::Connection,
     state: &AppState,
+    args: &ServeArgs,
     queue: Queue,
 ) -> Result<JoinHandle<()>, ServeError> {
+    let lapses = match (&state.refresher, args.verify_before_lapse) {
+        (Some(refresher), VerifyBeforeLapse::After(delay)) => {
+            let (to_check, lapses) = tokio::sync::mpsc::unbounded_channel();
+            let (refresher, index) = (refresher.clone(), state.index.clone());
+            actix_web::rt::spawn(lapse::verify(refresher, index, delay, lapses));
+            tracing::info!(delay = ?delay, "verify-before-lapse is on");
+            Some(to_check)
+        }
+        _ => None,
+    };
     let writer = Writer {
         conn,
         index: state.index.clone(),
         status: state.status.clone(),
         rules: state.rules.clone(),
         decode: Arc::new(state.decoder.clone()),
+        lapses,
     };
     Ok(writer.start(queue)?)
 }

@@ -110,6 +110,17 @@ fn describe() {
         Unit::Seconds,
         "Seconds since the newest stored event was received"
     );
+    describe_counter!(
+        "entitled_adapty_requests_total",
+        "Requests to Adapty's server-side API, by outcome (ok, not_found, unauthorized, \
+         rate_limited, server_error, timeout, transport_error, unexpected, invalid_request)"
+    );
+    describe_counter!(
+        "entitled_lapse_checks_total",
+        "Checks of levels that lapsed while set to renew, by result: agreed (Adapty says \
+         ended too), corrected (Adapty says held: a lost renewal), superseded (an event \
+         answered first), failed"
+    );
 }
 
 pub fn webhook(outcome: &'static str) {

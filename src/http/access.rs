@@ -7,9 +7,10 @@
 use super::error::{ApiError, ErrorBody};
 use super::{read_store, AppState};
 use crate::access::explain::{explain_profile, ExplainAnswer};
-use crate::access::{body, profile_answer, user_answer, ProfileAnswer, UserAnswer};
+use crate::access::{body, profile_answer, user_answer, wanted, ProfileAnswer, UserAnswer};
 use crate::adapty;
 use crate::index::Index;
+use crate::refresh::Who;
 use crate::telemetry;
 use crate::timestamp::Timestamp;
 use actix_web::http::header::{self, HeaderValue};
@@ -17,7 +18,7 @@ use actix_web::http::StatusCode;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use std::hash::BuildHasher;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use utoipa::{IntoParams, ToSchema};
 
 /// Callers may cache an answer this long at most, even when nothing is scheduled to
@@ -34,7 +35,20 @@ pub struct AccessQuery {
     /// Answer as of this instant (RFC 3339 or Adapty's `+0000` shape): what the events
     /// with `event_datetime` up to it said, evaluated at it.
     at: Option<String>,
+    /// `active`: hold the answer until the profile (or user; the `access_level` when
+    /// named) is active, or `timeout` passes, then answer as usual. For the seconds
+    /// between a purchase in the app and its webhook. With an Adapty key, entitled
+    /// also asks Adapty once after 2 s of waiting.
+    wait_for: Option<String>,
+    /// Seconds to wait at most with `wait_for` (default 10, at most 60).
+    timeout: Option<u64>,
 }
+
+/// Default and longest waits of `?wait_for=active`.
+pub const DEFAULT_WAIT_SECONDS: u64 = 10;
+pub const MAX_WAIT_SECONDS: u64 = 60;
+/// After this long waiting, ask Adapty once (when a key is set).
+const ASK_ADAPTY_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Is this profile premium right now (or as of `at`)?
 #[utoipa::path(
@@ -60,6 +74,10 @@ pub async fn profile(
     telemetry::lookup("profile");
     let profile_id = path.into_inner();
     let level = query.access_level.as_deref();
+    if let Some(wait) = wait_for(&query)? {
+        let who = || vec![Arc::from(profile_id.as_str())];
+        wait_until_active(&state, who, Who::Profile(&profile_id), level, wait).await;
+    }
     // Written straight from the index entry (access/body.rs): the same bytes as
     // serializing `profile_answer(…)`, at a fraction of the cost.
     let past: Index;
@@ -103,6 +121,10 @@ pub async fn user(
     telemetry::lookup("user");
     let customer_user_id = path.into_inner();
     let level = query.access_level.as_deref();
+    if let Some(wait) = wait_for(&query)? {
+        let who = || state.index.profiles_of_user(&customer_user_id);
+        wait_until_active(&state, who, Who::User(&customer_user_id), level, wait).await;
+    }
     let profile_ids = state.index.profiles_of_user(&customer_user_id);
     let answer = match parse_at(&query)? {
         None => user_answer(
@@ -234,8 +256,83 @@ pub async fn explain(
     Ok(HttpResponse::Ok().json(answer))
 }
 
+/// How long `?wait_for=active` may hold the answer; `None` without it.
+fn wait_for(query: &AccessQuery) -> Result<Option<std::time::Duration>, ApiError> {
+    match query.wait_for.as_deref() {
+        None => Ok(None),
+        Some(_) if query.at.is_some() => Err(ApiError::BadRequest(
+            "`wait_for` waits for the present: it cannot go with `at`".into(),
+        )),
+        Some("active") => {
+            let seconds = query
+                .timeout
+                .unwrap_or(DEFAULT_WAIT_SECONDS)
+                .min(MAX_WAIT_SECONDS);
+            Ok(Some(std::time::Duration::from_secs(seconds)))
+        }
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "`wait_for` takes `active`, not {other:?}"
+        ))),
+    }
+}
+
+/// Returns once any of `profiles()` grants (the `level` when named), at `wait`, or at
+/// shutdown. Parked on the change feed's watch, as `/changes` long polls are: becoming
+/// active is a change, so a webhook's commit wakes it; no thread is held. With a key,
+/// asks Adapty once after [`ASK_ADAPTY_AFTER`], in the background: its commit wakes
+/// the wait like a webhook's.
+async fn wait_until_active(
+    state: &AppState,
+    profiles: impl Fn() -> Vec<Arc<str>>,
+    who: Who<'_>,
+    level: Option<&str>,
+    wait: std::time::Duration,
+) {
+    let start = tokio::time::Instant::now();
+    let deadline = start + wait;
+    let mut changes = state.status.watch_changes();
+    let mut ask = state
+        .refresher
+        .clone()
+        .map(|r| (r, start + ASK_ADAPTY_AFTER));
+    loop {
+        changes.borrow_and_update();
+        let now = Timestamp::now();
+        let active = profiles().iter().any(|p| {
+            state.index.with_profile(p, |known| {
+                known.is_some_and(|k| {
+                    k.levels
+                        .iter()
+                        .any(|l| wanted(l, level) && l.window().grants_at(now))
+                })
+            })
+        });
+        if active || state.status.is_stopped() || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        let wake = match &ask {
+            Some((_, at)) => (*at).min(deadline),
+            None => deadline,
+        };
+        tokio::select! {
+            _ = changes.changed() => {}
+            () = tokio::time::sleep_until(wake) => {
+                let due = ask.as_ref().is_some_and(|(_, at)| *at <= tokio::time::Instant::now());
+                if let Some((refresher, _)) = ask.take_if(|_| due) {
+                    let id = who.to_owned();
+                    tokio::spawn(async move {
+                        if let Err(error) = refresher.refresh(id.who(), "wait_for").await {
+                            tracing::warn!(%error, "asking Adapty while waiting for a purchase failed");
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// Authorized, and the index holds everything committed (else "no" could be wrong).
-fn ready_to_read(request: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+pub(super) fn ready_to_read(request: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     state.read_auth.check(request)?;
     if !state.status.is_warmed() {
         return Err(ApiError::NotReady("the index is warming".into()));

@@ -54,6 +54,18 @@ pub enum ApiError {
     /// under `reference`; the event may or may not be stored, and a retry is safe.
     #[error("the event could not be stored now; retry (reference {reference})")]
     StoreUnavailable { reference: String },
+    /// 501: a route of Adapty's server-side API, with no `--adapty-secret-key`.
+    #[error("Adapty's server-side API is off: start entitled with --adapty-secret-key (ENTITLED_ADAPTY_SECRET_KEY)")]
+    AdaptyApiOff,
+    /// 404: Adapty does not know the profile or user.
+    #[error("Adapty knows no such profile")]
+    UnknownToAdapty,
+    /// 502: Adapty refused the secret key.
+    #[error("Adapty refused the secret key (401): check --adapty-secret-key")]
+    AdaptyUnauthorized,
+    /// 502: Adapty's API did not answer usably, after retries.
+    #[error("Adapty's API did not answer: {0}")]
+    AdaptyUnavailable(String),
 }
 
 impl ApiError {
@@ -71,6 +83,10 @@ impl ApiError {
             ApiError::NotReady(_) => "not_ready",
             ApiError::Saturated => "saturated",
             ApiError::StoreUnavailable { .. } => "store_unavailable",
+            ApiError::AdaptyApiOff => "adapty_api_off",
+            ApiError::UnknownToAdapty => "unknown_to_adapty",
+            ApiError::AdaptyUnauthorized => "adapty_unauthorized",
+            ApiError::AdaptyUnavailable(_) => "adapty_unavailable",
         }
     }
 
@@ -98,7 +114,11 @@ impl ResponseError for ApiError {
             ApiError::SandboxTokenForProduction | ApiError::SandboxTokenForUnmarkedEvent(_) => {
                 StatusCode::FORBIDDEN
             }
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::UnknownToAdapty => StatusCode::NOT_FOUND,
+            ApiError::AdaptyApiOff => StatusCode::NOT_IMPLEMENTED,
+            ApiError::AdaptyUnauthorized | ApiError::AdaptyUnavailable(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ApiError::BodyTimeout(_)
             | ApiError::NotReady(_)
             | ApiError::Saturated
@@ -127,7 +147,8 @@ pub struct ErrorBody {
     /// A stable machine code: `invalid_json`, `not_an_object`, `missing_field`,
     /// `invalid_field`, `body_too_large`, `unreadable_body`, `bad_request`,
     /// `unauthorized`, `sandbox_token_for_production`, `sandbox_token_for_unmarked_event`,
-    /// `not_found`, `body_timeout`, `not_ready`, `saturated`, `store_unavailable`.
+    /// `not_found`, `body_timeout`, `not_ready`, `saturated`, `store_unavailable`,
+    /// `adapty_api_off`, `unknown_to_adapty`, `adapty_unauthorized`, `adapty_unavailable`.
     pub error: &'static str,
     /// For people; a 503 from the store carries a reference that is also in the log.
     pub message: String,

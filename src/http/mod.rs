@@ -7,6 +7,7 @@ pub mod auth;
 pub mod changes;
 pub mod error;
 pub mod health;
+pub mod refresh;
 pub mod webhook;
 
 use crate::adapty::Decoder;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub reader: Arc<dyn Reader>,
     pub webhook_auth: WebhookAuth,
     pub read_auth: ReadAuth,
+    /// Adapty's server-side API; `None` without `--adapty-secret-key`.
+    pub refresher: Option<Arc<crate::refresh::Refresher>>,
 }
 
 /// The parts of the OpenAPI document that are not in a handler's annotation.
@@ -85,6 +88,8 @@ pub fn routes(config: &mut utoipa_actix_web::service_config::ServiceConfig<'_>) 
         .service(access::user)
         .service(access::lookup)
         .service(access::explain)
+        .service(refresh::profile)
+        .service(refresh::user)
         .service(changes::changes)
         .service(health::healthz)
         .service(health::readyz)

@@ -21,10 +21,22 @@ pub(super) struct Effects {
     pub(super) index: Vec<Change>,
     pub(super) newest_change: Option<i64>,
     pub(super) newest_event: Option<i64>,
+    /// Levels set to renew that the clock just ended: worth asking Adapty about.
+    pub(super) lapses: Vec<Lapse>,
+}
+
+/// A level that was set to renew and reached its `expires_at` with no newer event:
+/// the renewal may have happened and its webhook been lost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lapse {
+    pub profile_id: Arc<str>,
+    pub access_level_id: Arc<str>,
+    pub expires_at: Option<Timestamp>,
 }
 
 impl Effects {
     pub(super) fn absorb(&mut self, other: Effects) {
+        self.lapses.extend(other.lapses);
         self.index.extend(other.index);
         self.newest_change = self.newest_change.max(other.newest_change);
         self.newest_event = self.newest_event.max(other.newest_event);
@@ -301,6 +313,13 @@ pub(super) fn report_clock(
         )?;
         super::set_reported(conn, &row.profile_id, &row.access_level_id, active)?;
         effects.newest_change = Some(seq);
+        if !active && row.entitlement.will_renew {
+            effects.lapses.push(Lapse {
+                profile_id: Arc::from(row.profile_id.as_str()),
+                access_level_id: Arc::from(row.access_level_id.as_str()),
+                expires_at: row.entitlement.window.expires_at,
+            });
+        }
     }
     Ok(())
 }

@@ -43,6 +43,7 @@ pub use changes::{changes_after, newest_change, record_change, AccessChange, Cha
 pub use entitlements::{
     due_for_clock, entitlement, levels_of_profile, save_entitlement, set_reported, EntitlementRow,
 };
+pub use ingest::Lapse;
 pub use open::{open, open_read_only, WriterLock};
 pub use warm::{
     each_level_and_user, newest_event, newest_received, profile_count, warm_index, with_mmap,

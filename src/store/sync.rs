@@ -2,7 +2,7 @@
 //! does and why): makes each committed batch durable, then lets the index, the change
 //! feed and the handlers see it.
 
-use super::ingest::Effects;
+use super::ingest::{Effects, Lapse};
 use super::writer::{Ingest, Outcome, Reply};
 use super::StoreError;
 use crate::index::Index;
@@ -28,6 +28,8 @@ pub(super) struct Committed {
 pub(super) struct Flusher {
     index: Arc<Index>,
     status: Arc<Status>,
+    /// Where the clock's lapses go, once committed (verify-before-lapse), if anywhere.
+    pub(super) lapses: Option<tokio::sync::mpsc::UnboundedSender<Lapse>>,
     /// The WAL to `fdatasync`, when the configured durability is `synchronous=FULL`;
     /// `None` at NORMAL (docs/reliability.md says what that risks).
     wal: Option<Wal>,
@@ -58,7 +60,12 @@ impl Flusher {
             // An in-memory database has nothing to sync.
             _ => None,
         };
-        Ok(Flusher { index, status, wal })
+        Ok(Flusher {
+            index,
+            status,
+            lapses: None,
+            wal,
+        })
     }
 
     pub(super) fn run(mut self, committed: std_mpsc::Receiver<Committed>) {
@@ -113,6 +120,11 @@ impl Flusher {
         match result {
             Ok(replies) => {
                 self.index.apply(effects.index);
+                if let Some(lapses) = &self.lapses {
+                    for lapse in effects.lapses {
+                        let _ = lapses.send(lapse);
+                    }
+                }
                 let stored = replies
                     .iter()
                     .filter(|r| matches!(r, Ok(Outcome::Stored | Outcome::Ignored)))

@@ -170,13 +170,16 @@ pub struct Writer {
     pub status: Arc<Status>,
     pub rules: Arc<Rules>,
     pub decode: Arc<dyn Decode>,
+    /// Where levels that lapsed while set to renew are sent once committed.
+    pub lapses: Option<tokio::sync::mpsc::UnboundedSender<super::Lapse>>,
 }
 
 impl Writer {
     /// Starts the writer thread on the queue, and the sync thread behind it.
     pub fn start(self, queue: Queue) -> std::io::Result<JoinHandle<()>> {
-        let flusher = Flusher::new(&self.conn, self.index.clone(), self.status.clone())
+        let mut flusher = Flusher::new(&self.conn, self.index.clone(), self.status.clone())
             .map_err(std::io::Error::other)?;
+        flusher.lapses = self.lapses.clone();
         let (to_sync, committed) = std_mpsc::sync_channel(SYNC_QUEUE);
         let sync = std::thread::Builder::new()
             .name("entitled-sync".into())
@@ -397,6 +400,7 @@ mod tests {
             status: Arc::new(Status::new()),
             rules: Arc::new(Rules::default()),
             decode,
+            lapses: None,
         };
         let mut flusher =
             Flusher::new(&writer.conn, writer.index.clone(), writer.status.clone()).unwrap();

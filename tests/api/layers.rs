@@ -14,8 +14,9 @@ const LAYERS: &[&[&str]] = &[
     &["projection"],
     &["adapty", "index", "status", "telemetry"],
     &["store"],
-    &["access"],
-    &["http", "config"],
+    &["access", "config"],
+    &["refresh"],
+    &["http"],
     &["cli", "startup"],
 ];
 
