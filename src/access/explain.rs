@@ -74,22 +74,24 @@ pub fn explain_profile(
         changed,
     };
     let own: Arc<str> = Arc::from(profile_id);
-    let mut by_level: BTreeMap<Arc<str>, Vec<&LoggedEvent>> = BTreeMap::new();
+    let mut levels: std::collections::BTreeSet<Arc<str>> = Default::default();
     let mut ignored_events = Vec::new();
     for logged in logged {
-        match rules.level_of(&logged.event) {
-            Some(level) => by_level.entry(level).or_default().push(logged),
-            None if logged.event.profile_id == own => {
-                ignored_events.push(describe(logged, Vec::new()))
-            }
-            None => {}
+        let event = &logged.event;
+        let level = rules.level_of(event);
+        if level.is_none() && event.api_levels.is_none() && event.profile_id == own {
+            ignored_events.push(describe(logged, Vec::new()));
         }
+        levels.extend(level.into_iter().chain(rules.listed_levels(event)));
     }
+    let by_id: BTreeMap<&str, &LoggedEvent> = logged.iter().map(|l| (&*l.event.id, l)).collect();
     let mut access_levels = BTreeMap::new();
-    for (level, logged_events) in by_level {
-        let by_id: BTreeMap<&str, &LoggedEvent> =
-            logged_events.iter().map(|l| (&*l.event.id, *l)).collect();
-        let ordered = projection::in_order(logged_events.iter().map(|l| &l.event));
+    for level in levels {
+        let views: Vec<std::borrow::Cow<'_, projection::Event>> = logged
+            .iter()
+            .filter_map(|l| rules.view(&l.event, &level))
+            .collect();
+        let ordered = projection::in_order(views.iter().map(|v| &**v));
         let level_links = links.get(&level).cloned().unwrap_or_default();
         // Shown: the events of the profiles in the profile's group now, and of those
         // that were in it when they came (a member that left since).

@@ -5,6 +5,7 @@
 //! where the projection would otherwise guess: a field it needs, present with the
 //! wrong type, refuses the whole body with a [`ParseError`] naming the field.
 
+pub mod api;
 pub mod datetime;
 pub mod names;
 
@@ -107,6 +108,17 @@ pub fn parse(body: &[u8], names: &EventNames) -> Result<Webhook, ParseError> {
         (Some(_), None) => return Err(ParseError::MissingField("profile_id")),
         (Some(t), Some(p)) => (t.to_owned(), p),
     };
+    if received_type
+        .trim()
+        .eq_ignore_ascii_case(api::SNAPSHOT_TYPE)
+    {
+        // entitled's own type for a profile it fetched from Adapty's API: a webhook
+        // claiming it would be folded as an authoritative snapshot.
+        return Err(invalid(
+            "event_type",
+            "an Adapty webhook event type (adapty_api_snapshot is entitled's own)",
+        ));
+    }
     let event_datetime = fields
         .envelope_datetime("event_datetime")?
         .ok_or(ParseError::MissingField("event_datetime"))?;
@@ -132,6 +144,7 @@ pub fn parse(body: &[u8], names: &EventNames) -> Result<Webhook, ParseError> {
         cancellation_reason: fields.str("cancellation_reason")?.map(Arc::from),
         snapshot,
         shared_with: fields.shared_with(profile_id),
+        api_levels: None,
     };
     Ok(Webhook::Event(Box::new(ReceivedEvent {
         event,
@@ -163,6 +176,9 @@ impl Decoder {
     /// The event of a stored body. `None` only for a body that is not an event (none
     /// is ever stored).
     pub fn decode(&self, body: &str) -> Option<Event> {
+        if api::is_envelope(body) {
+            return api::decode(body);
+        }
         match parse(body.as_bytes(), &self.names) {
             Ok(Webhook::Event(received)) => Some(received.event),
             _ => None,

@@ -27,9 +27,15 @@ pub enum EventType {
     AccessLevelUpdated,
     TrialActive,
     SubscriptionActive,
+    /// Not a webhook: a profile as Adapty's server-side API answered it, fetched by
+    /// entitled (`entitled sync`, a refresh, a check before a lapse). A snapshot of
+    /// every level of the profile at Adapty's `timestamp` (see [`Event::for_level`]).
+    AdaptyApiSnapshot,
 }
 
 impl EventType {
+    /// Adapty's webhook event types (not [`EventType::AdaptyApiSnapshot`], which no
+    /// webhook may claim to be).
     pub const ALL: [EventType; 20] = [
         EventType::SubscriptionStarted,
         EventType::SubscriptionRenewed,
@@ -76,11 +82,15 @@ impl EventType {
             EventType::AccessLevelUpdated => "access_level_updated",
             EventType::TrialActive => "trial_active",
             EventType::SubscriptionActive => "subscription_active",
+            EventType::AdaptyApiSnapshot => "adapty_api_snapshot",
         }
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
-        EventType::ALL.into_iter().find(|t| t.name() == name)
+        EventType::ALL
+            .into_iter()
+            .chain([EventType::AdaptyApiSnapshot])
+            .find(|t| t.name() == name)
     }
 }
 
@@ -117,6 +127,18 @@ pub struct Event {
     /// `profiles_sharing_access_level`: the other profiles that share the level with
     /// this one (the event's own profile left out; empty when null or absent).
     pub shared_with: Vec<SharedProfile>,
+    /// On an [`EventType::AdaptyApiSnapshot`]: every level Adapty listed.
+    pub api_levels: Option<Arc<[ApiLevel]>>,
+}
+
+/// One level of a profile as Adapty's server-side API lists it: held from `starts_at`
+/// until `expires_at` (`None`: no end).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiLevel {
+    pub snapshot: Snapshot,
+    pub store: Option<Arc<str>>,
+    pub vendor_product_id: Option<Arc<str>>,
+    pub environment: Option<Arc<str>>,
 }
 
 /// One entry of `profiles_sharing_access_level`.
@@ -127,6 +149,27 @@ pub struct SharedProfile {
 }
 
 impl Event {
+    /// The event as one level's fold sees it. An API snapshot becomes that level's
+    /// snapshot: the listed entry, or none when Adapty no longer lists the level (the
+    /// fold then ends it, if it was held). Any other event is itself.
+    pub fn for_level(&self, level: &str) -> std::borrow::Cow<'_, Event> {
+        use std::borrow::Cow;
+        let Some(levels) = &self.api_levels else {
+            return Cow::Borrowed(self);
+        };
+        let listed = levels
+            .iter()
+            .find(|l| &*l.snapshot.access_level_id == level);
+        Cow::Owned(Event {
+            snapshot: listed.map(|l| l.snapshot.clone()),
+            store: listed.and_then(|l| l.store.clone()),
+            vendor_product_id: listed.and_then(|l| l.vendor_product_id.clone()),
+            environment: listed.and_then(|l| l.environment.clone()),
+            api_levels: None,
+            ..self.clone()
+        })
+    }
+
     pub fn is_sandbox(&self) -> bool {
         self.environment
             .as_deref()

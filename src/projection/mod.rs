@@ -39,11 +39,12 @@ pub(crate) mod testing {
     }
 }
 
-pub use event::{Event, EventType, SharedProfile, Snapshot};
+pub use event::{ApiLevel, Event, EventType, SharedProfile, Snapshot};
 pub use sharing::{membership, GroupState, Groups, LinksByLevel, Membership, MAX_SHARING_GROUP};
 
 use crate::timestamp::Timestamp;
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// The level a lifecycle event grants when `--product-levels` does not list its
@@ -89,7 +90,8 @@ impl Rules {
     /// its level, and one-time purchases of products `--product-levels` does not list
     /// (a consumable must never make anyone premium).
     pub fn level_of(&self, event: &Event) -> Option<Arc<str>> {
-        if self.sandbox == SandboxPolicy::Ignore && event.is_sandbox() {
+        if self.sandbox == SandboxPolicy::Ignore && event.is_sandbox() || event.api_levels.is_some()
+        {
             return None;
         }
         let listed = || {
@@ -101,6 +103,42 @@ impl Rules {
             Effect::Lifetime | Effect::RevokeLifetime => listed(),
             _ => Some(listed().unwrap_or_else(|| self.default_level.clone())),
         }
+    }
+}
+
+impl Rules {
+    /// The event as the fold of `level` sees it, or `None` when it does not touch that
+    /// level. A webhook touches the one level [`Rules::level_of`] gives; an API
+    /// snapshot touches every level of its profile ([`Event::for_level`]), its sandbox
+    /// entries left out under `--sandbox ignore`.
+    pub fn view<'a>(&self, event: &'a Event, level: &str) -> Option<Cow<'a, Event>> {
+        if event.api_levels.is_none() {
+            return (self.level_of(event).as_deref() == Some(level))
+                .then_some(Cow::Borrowed(event));
+        }
+        let mut view = event.for_level(level).into_owned();
+        if self.sandbox == SandboxPolicy::Ignore && view.is_sandbox() {
+            view.snapshot = None;
+        }
+        Some(Cow::Owned(view))
+    }
+
+    /// The levels an API snapshot lists (its sandbox ones left out under `--sandbox
+    /// ignore`); none for any other event.
+    pub fn listed_levels(&self, event: &Event) -> Vec<Arc<str>> {
+        let Some(levels) = &event.api_levels else {
+            return Vec::new();
+        };
+        levels
+            .iter()
+            .filter(|l| {
+                !(self.sandbox == SandboxPolicy::Ignore
+                    && l.environment
+                        .as_deref()
+                        .is_some_and(|e| e.eq_ignore_ascii_case("sandbox")))
+            })
+            .map(|l| l.snapshot.access_level_id.clone())
+            .collect()
     }
 }
 
@@ -210,8 +248,11 @@ enum Effect<'a> {
     /// A refund that only accompanies an immediate upgrade: nothing changes.
     UpgradeRefund,
     RevokeLifetime,
-    /// `access_level_updated`: Adapty's own state of the level.
+    /// `access_level_updated`, or an API snapshot that lists the level: Adapty's own
+    /// state of the level.
     Snapshot(&'a Snapshot),
+    /// An API snapshot that no longer lists the level: access ended by then.
+    Absent,
 }
 
 impl Effect<'_> {
@@ -244,8 +285,8 @@ fn rank(event_type: EventType, snapshot_is_active: bool) -> u8 {
         | T::SubscriptionDeferred
         | T::EnteredGracePeriod
         | T::NonSubscriptionPurchase => 2,
-        T::AccessLevelUpdated if snapshot_is_active => 4,
-        T::AccessLevelUpdated => 3,
+        T::AccessLevelUpdated | T::AdaptyApiSnapshot if snapshot_is_active => 4,
+        T::AccessLevelUpdated | T::AdaptyApiSnapshot => 3,
     }
 }
 
@@ -274,6 +315,10 @@ fn effect(event: &Event) -> Option<Effect<'_>> {
         T::SubscriptionRefunded => Effect::Revoke { refund: true },
         T::NonSubscriptionPurchaseRefunded => Effect::RevokeLifetime,
         T::AccessLevelUpdated => Effect::Snapshot(event.snapshot.as_ref()?),
+        T::AdaptyApiSnapshot => match &event.snapshot {
+            Some(snapshot) => Effect::Snapshot(snapshot),
+            None => Effect::Absent,
+        },
         T::TrialActive | T::SubscriptionActive => return None,
     })
 }
@@ -288,6 +333,17 @@ pub fn fold(state: Option<Entitlement>, event: &Event) -> Option<Entitlement> {
     };
     let mut next = match (state, effect) {
         (_, Effect::Snapshot(s)) => from_snapshot(s, event),
+        (None, Effect::Absent) => return None,
+        (Some(mut held), Effect::Absent) => {
+            held.window.is_active = false;
+            held.window.expires_at = held
+                .window
+                .expires_at
+                .map(|end| end.min(event.event_datetime));
+            held.will_renew = false;
+            held.in_grace_period = false;
+            held
+        }
         (Some(held), Effect::Grant { .. })
             if !same_product(&held, event)
                 && event
@@ -528,19 +584,24 @@ pub fn project_with_links<'a>(
     rules: &Rules,
     links: Option<&LinksByLevel>,
 ) -> BTreeMap<(Arc<str>, Arc<str>), Entitlement> {
-    let mut by_level: BTreeMap<Arc<str>, Vec<&'a Event>> = BTreeMap::new();
-    for event in events {
-        if let Some(level) = rules.level_of(event) {
-            by_level.entry(level).or_default().push(event);
-        }
+    let events: Vec<&Event> = events.into_iter().collect();
+    // Every level any event touches; an API snapshot touches each of them.
+    let mut levels: BTreeSet<Arc<str>> = BTreeSet::new();
+    for event in &events {
+        levels.extend(rules.level_of(event));
+        levels.extend(rules.listed_levels(event));
     }
     let mut projected = BTreeMap::new();
-    for (level, events) in by_level {
+    for level in levels {
+        let views: Vec<Cow<'_, Event>> = events
+            .iter()
+            .filter_map(|e| rules.view(e, &level))
+            .collect();
         let groups = match links {
             Some(links) => Groups::with_links(links.get(&level).cloned().unwrap_or_default()),
             None => Groups::default(),
         }
-        .fold_all(events);
+        .fold_all(views.iter().map(|v| &**v));
         for (profile, row) in groups.rows() {
             if let Some(row) = row {
                 projected.insert((profile.clone(), level.clone()), row);

@@ -22,6 +22,7 @@ fn event(id: &str, event_type: EventType, day: i64) -> Event {
         cancellation_reason: None,
         snapshot: None,
         shared_with: Vec::new(),
+        api_levels: None,
     }
 }
 

@@ -114,6 +114,14 @@ pub fn save_entitlement(
     Ok(())
 }
 
+/// The levels a profile has a row for.
+pub fn levels_of_profile(conn: &Connection, profile_id: &str) -> Result<Vec<Arc<str>>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT access_level_id FROM entitlements WHERE profile_id = ?1")?;
+    let rows = stmt.query_map(params![profile_id], |r| r.get::<_, String>(0))?;
+    Ok(rows.map(|r| r.map(Arc::from)).collect::<Result<_, _>>()?)
+}
+
 /// The levels whose effective access the clock has flipped since the feed last said:
 /// reported active but past `expires_at`, or reported inactive but past `starts_at`
 /// and not yet ended. Each part is a range of a partial index (schema.sql), so a tick

@@ -72,9 +72,41 @@ pub(super) fn ingest(
         at,
         effects,
     )?;
-    let (Some(level), Some(event_type)) = (rules.level_of(event), event.event_type) else {
+    let Some(event_type) = event.event_type else {
         return Ok(Outcome::Ignored);
     };
+    let levels: Vec<Arc<str>> = match rules.level_of(event) {
+        Some(level) => vec![level],
+        // An API snapshot: the levels it lists, and those the profile holds.
+        None if event.api_levels.is_some() => {
+            let mut levels: BTreeSet<Arc<str>> = rules.listed_levels(event).into_iter().collect();
+            levels.extend(super::levels_of_profile(conn, &event.profile_id)?);
+            levels.into_iter().collect()
+        }
+        None => return Ok(Outcome::Ignored),
+    };
+    for level in &levels {
+        if let Some(view) = rules.view(event, level) {
+            fold_level(conn, level, &view, event_type, now, rules, decode, effects)?;
+        }
+    }
+    Ok(Outcome::Stored)
+}
+
+/// Folds an event (as `level`'s fold sees it) into that level of its profile, and of
+/// every member of its sharing group.
+#[allow(clippy::too_many_arguments)]
+fn fold_level(
+    conn: &Connection,
+    level: &Arc<str>,
+    event: &Event,
+    event_type: EventType,
+    now: Timestamp,
+    rules: &Rules,
+    decode: &dyn Decode,
+    effects: &mut Effects,
+) -> Result<(), StoreError> {
+    let at = (event.event_datetime, &*event.id);
     let membership = projection::membership(event);
     let mut linked = false;
     if let Membership::Joins(shared) = membership {
@@ -82,29 +114,29 @@ pub(super) fn ingest(
             let user = other.customer_user_id.as_ref();
             record_profile(conn, &other.profile_id, user, at, effects)?;
         }
-        linked = sharing::add_links(conn, &level, event, shared)?;
+        linked = sharing::add_links(conn, level, event, shared)?;
     }
-    let saved = super::entitlement(conn, &event.profile_id, &level)?;
-    let rows = match direct_fold(conn, &level, event, membership, linked, saved.as_ref())? {
+    let saved = super::entitlement(conn, &event.profile_id, level)?;
+    let rows = match direct_fold(conn, level, event, membership, linked, saved.as_ref())? {
         Some(rows) => rows,
-        None => refold(conn, &level, event, rules, decode)?,
+        None => refold(conn, level, event, rules, decode)?,
     };
     let mut saved = saved;
     for (profile_id, next) in rows {
         let saved_row = if profile_id == event.profile_id {
             saved.take()
         } else {
-            super::entitlement(conn, &profile_id, &level)?
+            super::entitlement(conn, &profile_id, level)?
         };
         let changed = Changed {
             profile_id: &profile_id,
-            level: &level,
+            level,
             saved: saved_row,
             next,
         };
         changed.record(conn, event, event_type, now, effects)?;
     }
-    Ok(Outcome::Stored)
+    Ok(())
 }
 
 /// Each profile an event may change, with its row after it (`None`: no state).
@@ -300,8 +332,8 @@ fn level_log(
                     "a stored event of profile {profile_id} no longer parses"
                 ))
             })?;
-            if rules.level_of(&logged).as_deref() == Some(level) {
-                events.push(logged);
+            if let Some(view) = rules.view(&logged, level) {
+                events.push(view.into_owned());
             }
         }
     }
@@ -358,7 +390,7 @@ mod tests {
     //! events, sharing declarations among them, with duplicates, leaves the table
     //! `project` computes from the set.
     use super::*;
-    use crate::projection::{project, SandboxPolicy, SharedProfile, Snapshot};
+    use crate::projection::{project, ApiLevel, SandboxPolicy, SharedProfile, Snapshot};
     use crate::store::entitlements::{entitlement_row, ENTITLEMENT_COLUMNS};
     use crate::store::{open, Synchronous};
     use proptest::prelude::*;
@@ -382,6 +414,7 @@ mod tests {
             T::AccessLevelUpdated,
             T::AccessLevelUpdated,
             T::AccessLevelUpdated,
+            T::AdaptyApiSnapshot,
         ]);
         (
             types,
@@ -430,6 +463,37 @@ mod tests {
                     } else {
                         Vec::new()
                     },
+                    api_levels: (t == T::AdaptyApiSnapshot).then(|| {
+                        // The profile as Adapty's API lists it: some levels, or none.
+                        let listed: &[&str] = match (active, level) {
+                            (true, "premium") => &["premium"],
+                            (true, _) => &["premium", "pro"],
+                            (false, "premium") => &["pro"],
+                            (false, _) => &[],
+                        };
+                        listed
+                            .iter()
+                            .map(|l| ApiLevel {
+                                snapshot: Snapshot {
+                                    access_level_id: Arc::from(*l),
+                                    is_active: true,
+                                    expires_at: expiry.map(day),
+                                    starts_at: None,
+                                    will_renew: true,
+                                    is_lifetime: expiry.is_none(),
+                                    is_in_grace_period: false,
+                                    is_refund: false,
+                                },
+                                store: Some(Arc::from("app_store")),
+                                vendor_product_id: Some(Arc::from(product)),
+                                environment: Some(Arc::from(if sandbox {
+                                    "Sandbox"
+                                } else {
+                                    "Production"
+                                })),
+                            })
+                            .collect()
+                    }),
                 },
             )
     }

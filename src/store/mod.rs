@@ -41,7 +41,7 @@ mod warm;
 
 pub use changes::{changes_after, newest_change, record_change, AccessChange, ChangeReason};
 pub use entitlements::{
-    due_for_clock, entitlement, save_entitlement, set_reported, EntitlementRow,
+    due_for_clock, entitlement, levels_of_profile, save_entitlement, set_reported, EntitlementRow,
 };
 pub use open::{open, open_read_only, WriterLock};
 pub use warm::{

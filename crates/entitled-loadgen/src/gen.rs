@@ -463,5 +463,6 @@ pub fn to_event(e: &GenEvent) -> Event {
             is_refund: a.is_refund,
         }),
         shared_with: Vec::new(),
+        api_levels: None,
     }
 }
