@@ -5,6 +5,7 @@
 // serde_json::json! of a full Adapty body nests deeper than the default limit.
 #![recursion_limit = "256"]
 
+mod adapty_api;
 mod auth;
 mod changes;
 mod cli;
@@ -15,6 +16,7 @@ mod disk_full;
 mod durability;
 mod events;
 mod expiry;
+mod fake_adapty;
 mod helpers;
 mod history;
 mod hostile;
