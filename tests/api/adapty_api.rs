@@ -1151,7 +1151,8 @@ async fn sync_beside_a_running_daemon_updates_its_answers_without_a_restart() {
                 .expires(t + days(5)),
         )
         .await;
-    assert!(daemon.active("bs-1", "premium").await);
+    let before = access(&daemon, "/profiles/bs-1/access", Some(token)).await;
+    assert_eq!(before["premium"], json!(true), "{before}");
     // Adapty knows better: bs-1 has nothing any more, bs-2 and bs-3 have access the
     // webhooks never told.
     fake.set_profile("bs-1", None, vec![]);
@@ -1745,7 +1746,10 @@ async fn the_secret_key_never_reaches_the_logs_or_help() {
         refused.resp
     );
     fake.set_unauthorized(false);
-    // A verify-before-lapse check.
+    // A verify-before-lapse check. The clock reports a lapse only for a level it saw
+    // active: expiring a second from now, not from the test's start (the refreshes
+    // above took longer than that).
+    let t = now();
     daemon
         .store(
             &subscription_started("sk-2")
