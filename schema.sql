@@ -149,6 +149,25 @@ CREATE TABLE access_changes (
                                             -- profile (added by version 4)
 ) STRICT;
 
+-- Push (`--notify-url`): where delivery of the change feed stands. One row, made at
+-- the first start with a URL (at the newest change then: history is sent only on
+-- `replay`). Every change up to `delivered_seq` was confirmed by a 2xx or parked in
+-- notify_failed; the next one is delivered next (docs/reliability.md#push).
+CREATE TABLE notify_state (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    delivered_seq INTEGER NOT NULL          -- access_changes.seq
+) STRICT;
+
+-- Changes whose delivery failed for --notify-retry-for (24 h by default): parked, so
+-- delivery went on. GET /notify/failed lists them; replay sends them again.
+CREATE TABLE notify_failed (
+    seq             INTEGER PRIMARY KEY,    -- access_changes.seq
+    attempts        INTEGER NOT NULL,
+    first_failed_at TEXT NOT NULL,
+    last_failed_at  TEXT NOT NULL,
+    last_error      TEXT NOT NULL           -- the status, or the connection's error
+) STRICT;
+
 -- What the read API answers, for a person at the prompt: the levels that grant access
 -- at this instant: active, and (lifetime, or no expires_at, or now < expires_at), and
 -- starts_at <= now when given. A refunded lifetime purchase is not active.

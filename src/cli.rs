@@ -5,13 +5,14 @@
 use crate::access::explain::{self, ExplainedEvent};
 use crate::access::{self, LevelView};
 use crate::adapty::{self, Webhook};
-use crate::config::{AccessArgs, EventsArgs, ImportArgs};
+use crate::config::{AccessArgs, EventsArgs, ImportArgs, NotifyReplayArgs, NotifyStatusArgs};
 use crate::index::Index;
 use crate::status::Status;
 use crate::store::writer::{self, Outcome, Reply, Writer};
 use crate::store::{self, history, StoreError};
 use crate::timestamp::Timestamp;
 use indicatif::{ProgressBar, ProgressStyle};
+use secrecy::ExposeSecret;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
@@ -360,4 +361,73 @@ pub fn events(args: EventsArgs) -> Result<(), CliError> {
         writeln!(out, "{text}")?;
     }
     Ok(())
+}
+
+/// `entitled notify status`: where push delivery stands on this file.
+pub fn notify_status(args: NotifyStatusArgs) -> Result<(), CliError> {
+    let conn = store::open_read_only(&args.db)?;
+    let newest = store::newest_change(&conn)?;
+    let mut out = std::io::stdout().lock();
+    match store::notify::cursor(&conn)? {
+        None => writeln!(
+            out,
+            "push has not run on this file (start the daemon with --notify-url)\nnewest_seq {newest}"
+        )?,
+        Some(delivered) => writeln!(
+            out,
+            "delivered_seq {delivered}\nnewest_seq {newest}\npending {}\nfailed {}",
+            (newest - delivered).max(0),
+            store::notify::failed_count(&conn)?
+        )?,
+    }
+    Ok(())
+}
+
+/// `entitled notify replay --from-seq N`: on a stopped file, moves the cursor back;
+/// beside a running daemon, asks it (`POST /notify/replay`).
+pub fn notify_replay(args: NotifyReplayArgs) -> Result<String, CliError> {
+    let from_seq = args.from_seq.max(1);
+    match store::open(&args.store.db, args.store.synchronous.into()) {
+        Ok((mut conn, _lock)) => {
+            store::notify::replay(&mut conn, from_seq)?;
+            Ok(format!(
+                "replay from seq {from_seq}: the daemon sends them at its next start with --notify-url"
+            ))
+        }
+        Err(StoreError::InUse { .. }) => {
+            let mut url = reqwest::Url::parse(&args.daemon_url)
+                .map_err(|e| std::io::Error::other(format!("--daemon-url: {e}")))?;
+            url.set_path("/notify/replay");
+            url.set_query(Some(&format!("from_seq={from_seq}")));
+            let token = args
+                .read_token
+                .as_ref()
+                .map(|t| t.expose_secret().to_owned());
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let mut request = reqwest::Client::new().post(url);
+                if let Some(token) = token {
+                    request = request.bearer_auth(token);
+                }
+                let response = request.send().await.map_err(|e| {
+                    std::io::Error::other(format!("the daemon: {}", e.without_url()))
+                })?;
+                let status = response.status();
+                let body = response.text().await.unwrap_or_default();
+                if status.is_success() {
+                    Ok(format!(
+                        "replay from seq {from_seq}: asked the running daemon"
+                    ))
+                } else {
+                    Err(
+                        std::io::Error::other(format!("the daemon answered {status}: {body}"))
+                            .into(),
+                    )
+                }
+            })
+        }
+        Err(error) => Err(error.into()),
+    }
 }

@@ -38,10 +38,86 @@ pub enum Command {
     Access(AccessArgs),
     /// A profile's event timeline, one line per event, with the effect each had.
     Events(EventsArgs),
+    /// Push delivery of the change feed (--notify-url): where it stands, and replay.
+    #[command(subcommand)]
+    Notify(NotifyCommand),
     /// Fetch profiles from Adapty's server-side API and fold them in (day one, or after
     /// lost webhooks). Beside a running daemon it goes through the daemon's refresh
     /// routes; on a stopped file it writes itself. Re-running it is harmless.
     Sync(SyncArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// The cursor, the newest change, the parked changes.
+    Status(NotifyStatusArgs),
+    /// Send every change from `--from-seq` on again (the parked ones too). Beside a
+    /// running daemon it goes through `POST /notify/replay`.
+    Replay(NotifyReplayArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct NotifyStatusArgs {
+    /// The SQLite file.
+    #[arg(long, env = "ENTITLED_DB", default_value = "entitled.db")]
+    pub db: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct NotifyReplayArgs {
+    /// The first change (`seq`) to send again.
+    #[arg(long)]
+    pub from_seq: i64,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// The running daemon to go through when it holds the file.
+    #[arg(
+        long,
+        env = "ENTITLED_DAEMON_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub daemon_url: String,
+
+    /// The daemon's --read-token, when it has one.
+    #[arg(long, env = "ENTITLED_READ_TOKEN", value_parser = secret, hide_env_values = true)]
+    pub read_token: Option<SecretString>,
+}
+
+/// Push: every change of the feed POSTed to one URL, signed the Standard Webhooks way.
+#[derive(Debug, Clone, Args)]
+pub struct NotifyArgs {
+    /// Where to POST each change of the feed (gains, losses, silent expiries). One
+    /// endpoint; fan out behind it to reach several.
+    #[arg(long, env = "ENTITLED_NOTIFY_URL", requires = "notify_secret")]
+    pub notify_url: Option<reqwest::Url>,
+
+    /// The signing secret, `whsec_<base64>` (Standard Webhooks), e.g.
+    /// `whsec_$(openssl rand -base64 32)`. Required with --notify-url. Never logged.
+    #[arg(long, env = "ENTITLED_NOTIFY_SECRET", value_parser = notify_secret, hide_env_values = true)]
+    pub notify_secret: Option<SecretString>,
+
+    /// Send only the changes of these access levels (`a,b`); all when unset.
+    #[arg(long, env = "ENTITLED_NOTIFY_ACCESS_LEVELS", value_delimiter = ',')]
+    pub notify_access_levels: Vec<String>,
+
+    /// How long a change's delivery is retried before it is parked.
+    #[arg(long, env = "ENTITLED_NOTIFY_RETRY_FOR", value_parser = humantime::parse_duration, default_value = "24h")]
+    pub notify_retry_for: std::time::Duration,
+}
+
+fn notify_secret(value: &str) -> Result<SecretString, String> {
+    use base64::Engine;
+    let key = value
+        .trim()
+        .strip_prefix("whsec_")
+        .ok_or("the secret must start with `whsec_` (Standard Webhooks)")?;
+    match base64::engine::general_purpose::STANDARD.decode(key) {
+        Ok(bytes) if bytes.len() >= 16 => Ok(SecretString::from(value.trim())),
+        Ok(_) => Err("the secret's key must be at least 16 bytes (24 base64 characters)".into()),
+        Err(_) => Err("after `whsec_`, the secret must be base64".into()),
+    }
 }
 
 /// Adapty's server-side API: off without a key.
@@ -243,6 +319,9 @@ pub struct ServeArgs {
     /// newer event, ask Adapty about the profile this long after (`off` to never).
     #[arg(long, env = "ENTITLED_VERIFY_BEFORE_LAPSE", value_parser = verify_before_lapse, default_value = "5m")]
     pub verify_before_lapse: VerifyBeforeLapse,
+
+    #[command(flatten)]
+    pub notify: NotifyArgs,
 
     #[command(flatten)]
     pub projection: ProjectionArgs,

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod index;
+pub mod notify;
 pub mod projection;
 pub mod refresh;
 mod startup;

@@ -1,5 +1,5 @@
 use clap::Parser;
-use entitled::config::{Cli, Command, LogFormat};
+use entitled::config::{Cli, Command, LogFormat, NotifyCommand};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -54,6 +54,16 @@ fn main() -> ExitCode {
         Command::Events(args) => {
             entitled::cli::events(args).map_or_else(fail, |()| ExitCode::SUCCESS)
         }
+        Command::Notify(NotifyCommand::Status(args)) => {
+            entitled::cli::notify_status(args).map_or_else(fail, |()| ExitCode::SUCCESS)
+        }
+        Command::Notify(NotifyCommand::Replay(args)) => match entitled::cli::notify_replay(args) {
+            Ok(said) => {
+                println!("{said}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(error),
+        },
         Command::Sync(args) => match entitled::refresh::sync::sync(args) {
             Ok(summary) => {
                 println!("{summary}");

@@ -6,6 +6,7 @@ use crate::config::{ServeArgs, VerifyBeforeLapse};
 use crate::http::auth::{ReadAuth, WebhookAuth};
 use crate::http::{self, AppState};
 use crate::index::Index;
+use crate::notify::{self, Notifier};
 use crate::refresh::{lapse, AdaptyApi, Refresher};
 use crate::status::Status;
 use crate::store;
@@ -64,6 +65,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         }
     };
     let writer_thread = start_writer(conn, &state, &args, queue)?;
+    if let Some(notifier) = &state.notifier {
+        notifier.start()?;
+    }
     state.status.set_warmed();
     tick_every_second(state.writer.clone());
     announce(server.addr)?;
@@ -115,18 +119,40 @@ fn build_state(
     let reader = SqliteReader::open(&args.store.db, decoder.clone(), rules.clone())?;
     let index = Arc::new(Index::with_capacity(profiles));
     let refresher = adapty_api(args, &writer, &index)?;
+    let status = Arc::new(Status::new());
+    let notifier = push(args, &status)?;
     let state = web::Data::new(AppState {
         writer,
         index,
-        status: Arc::new(Status::new()),
+        status,
         decoder,
         rules,
         reader: Arc::new(reader),
         webhook_auth,
         read_auth: ReadAuth::new(args.read_token.clone()),
         refresher,
+        notifier,
     });
     Ok((state, queue))
+}
+
+/// Push delivery, when a URL is set (it starts once the writer runs).
+fn push(args: &ServeArgs, status: &Arc<Status>) -> Result<Option<Arc<Notifier>>, ServeError> {
+    let (Some(url), Some(secret)) = (&args.notify.notify_url, &args.notify.notify_secret) else {
+        return Ok(None);
+    };
+    let settings = notify::Settings {
+        url: url.clone(),
+        signer: notify::Signer::new(secret)
+            .map_err(|e| ServeError::Io(std::io::Error::other(e)))?,
+        access_levels: args.notify.notify_access_levels.iter().cloned().collect(),
+        retry_for: args.notify.notify_retry_for,
+    };
+    Ok(Some(Notifier::open(
+        &args.store.db,
+        settings,
+        status.clone(),
+    )?))
 }
 
 /// Requests a second the daemon makes to Adapty's API at most (refresh routes,

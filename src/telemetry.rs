@@ -116,6 +116,20 @@ fn describe() {
          rate_limited, server_error, timeout, transport_error, unexpected, invalid_request)"
     );
     describe_counter!(
+        "entitled_notify_deliveries_total",
+        "Push deliveries by outcome: delivered (2xx), failed (an attempt; retried), parked \
+         (given up after --notify-retry-for), skipped (not a --notify-access-levels level)"
+    );
+    describe_gauge!(
+        "entitled_notify_pending",
+        "Changes of the feed after the push cursor (not yet confirmed, parked or skipped)"
+    );
+    describe_gauge!(
+        "entitled_notify_lag_seconds",
+        Unit::Seconds,
+        "Age of the oldest change push has not yet confirmed; 0 when caught up"
+    );
+    describe_counter!(
         "entitled_lapse_checks_total",
         "Checks of levels that lapsed while set to renew, by result: agreed (Adapty says \
          ended too), corrected (Adapty says held: a lost renewal), superseded (an event \

@@ -7,6 +7,7 @@
 //! `premium: false` with no levels.
 
 pub mod body;
+pub mod change;
 pub mod explain;
 
 use crate::index::{Index, LevelAccess};

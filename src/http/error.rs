@@ -63,6 +63,9 @@ pub enum ApiError {
     /// 502: Adapty refused the secret key.
     #[error("Adapty refused the secret key (401): check --adapty-secret-key")]
     AdaptyUnauthorized,
+    /// 501: a push route with no `--notify-url`.
+    #[error("push is off: start entitled with --notify-url and --notify-secret")]
+    NotifyOff,
     /// 502: Adapty's API did not answer usably, after retries.
     #[error("Adapty's API did not answer: {0}")]
     AdaptyUnavailable(String),
@@ -84,6 +87,7 @@ impl ApiError {
             ApiError::Saturated => "saturated",
             ApiError::StoreUnavailable { .. } => "store_unavailable",
             ApiError::AdaptyApiOff => "adapty_api_off",
+            ApiError::NotifyOff => "notify_off",
             ApiError::UnknownToAdapty => "unknown_to_adapty",
             ApiError::AdaptyUnauthorized => "adapty_unauthorized",
             ApiError::AdaptyUnavailable(_) => "adapty_unavailable",
@@ -115,7 +119,7 @@ impl ResponseError for ApiError {
                 StatusCode::FORBIDDEN
             }
             ApiError::NotFound | ApiError::UnknownToAdapty => StatusCode::NOT_FOUND,
-            ApiError::AdaptyApiOff => StatusCode::NOT_IMPLEMENTED,
+            ApiError::AdaptyApiOff | ApiError::NotifyOff => StatusCode::NOT_IMPLEMENTED,
             ApiError::AdaptyUnauthorized | ApiError::AdaptyUnavailable(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -148,7 +152,8 @@ pub struct ErrorBody {
     /// `invalid_field`, `body_too_large`, `unreadable_body`, `bad_request`,
     /// `unauthorized`, `sandbox_token_for_production`, `sandbox_token_for_unmarked_event`,
     /// `not_found`, `body_timeout`, `not_ready`, `saturated`, `store_unavailable`,
-    /// `adapty_api_off`, `unknown_to_adapty`, `adapty_unauthorized`, `adapty_unavailable`.
+    /// `adapty_api_off`, `unknown_to_adapty`, `adapty_unauthorized`, `adapty_unavailable`,
+    /// `notify_off`.
     pub error: &'static str,
     /// For people; a 503 from the store carries a reference that is also in the log.
     pub message: String,

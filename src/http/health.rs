@@ -63,6 +63,9 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let Ok(counts) = web::block(move || index.counts(now)).await else {
         return HttpResponse::ServiceUnavailable().finish();
     };
+    if let Some(notifier) = &state.notifier {
+        ::metrics::gauge!("entitled_notify_lag_seconds").set(notifier.lag_seconds(now));
+    }
     let body = telemetry::scrape(telemetry::Snapshot {
         profiles: counts.profiles,
         entitlements: counts.entitlements,

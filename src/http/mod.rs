@@ -7,6 +7,7 @@ pub mod auth;
 pub mod changes;
 pub mod error;
 pub mod health;
+pub mod notify;
 pub mod refresh;
 pub mod webhook;
 
@@ -47,6 +48,8 @@ pub struct AppState {
     pub read_auth: ReadAuth,
     /// Adapty's server-side API; `None` without `--adapty-secret-key`.
     pub refresher: Option<Arc<crate::refresh::Refresher>>,
+    /// Push delivery; `None` without `--notify-url`.
+    pub notifier: Option<Arc<crate::notify::Notifier>>,
 }
 
 /// The parts of the OpenAPI document that are not in a handler's annotation.
@@ -90,6 +93,8 @@ pub fn routes(config: &mut utoipa_actix_web::service_config::ServiceConfig<'_>) 
         .service(access::explain)
         .service(refresh::profile)
         .service(refresh::user)
+        .service(notify::failed)
+        .service(notify::replay)
         .service(changes::changes)
         .service(health::healthz)
         .service(health::readyz)

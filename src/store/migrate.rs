@@ -160,9 +160,10 @@ fn upgrade_to_3(conn: &Connection, path: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Version 3 → 4: shared access. `entitlements` gets `shared_from` and
+/// Version 3 → 4: shared access and push. `entitlements` gets `shared_from` and
 /// `sharing_group`, `access_changes` gets `shared_from`, and `sharing_links`, its
-/// index, `upgrade_tasks` and the view are created as a new file has them. Rows
+/// index, `upgrade_tasks`, `notify_state`, `notify_failed` and the view are created
+/// as a new file has them. Rows
 /// before were each their own (NULL is right for them).
 ///
 /// Events stored before may already declare shared access: folding them needs the
@@ -181,6 +182,8 @@ fn upgrade_to_4(conn: &Connection, path: &str) -> Result<(), StoreError> {
          {index}
          {links}
          {tasks}
+         {notify_state}
+         {notify_failed}
          INSERT INTO upgrade_tasks (task, reason)
            SELECT 'rebuild', 'stored events declare shared access (schema version 4)'
            WHERE EXISTS (SELECT 1 FROM events
@@ -195,6 +198,8 @@ fn upgrade_to_4(conn: &Connection, path: &str) -> Result<(), StoreError> {
         index = schema_statement("CREATE INDEX entitlements_by_sharing_group", ";"),
         links = schema_statement("CREATE TABLE sharing_links", ";"),
         tasks = schema_statement("CREATE TABLE upgrade_tasks", ";"),
+        notify_state = schema_statement("CREATE TABLE notify_state", ";"),
+        notify_failed = schema_statement("CREATE TABLE notify_failed", ";"),
         view = schema_statement("CREATE VIEW active_entitlements", ";"),
     );
     in_one_transaction(conn, &steps)?;

@@ -26,6 +26,7 @@
 
 pub mod checkpoint;
 pub mod history;
+pub mod notify;
 pub mod reader;
 pub mod rebuild;
 pub mod writer;
@@ -44,7 +45,7 @@ pub use entitlements::{
     due_for_clock, entitlement, levels_of_profile, save_entitlement, set_reported, EntitlementRow,
 };
 pub use ingest::Lapse;
-pub use open::{open, open_read_only, WriterLock};
+pub use open::{connect, open, open_read_only, WriterLock};
 pub use warm::{
     each_level_and_user, newest_event, newest_received, profile_count, warm_index, with_mmap,
     ProfileRow,

@@ -128,8 +128,9 @@ pub(crate) fn wal_path(db: &Path) -> std::path::PathBuf {
 }
 
 /// A read-write connection with entitled's pragmas, for a process that holds (or is
-/// about to take) the [`WriterLock`]: the writer's, and the checkpoint thread's.
-pub(crate) fn connect(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreError> {
+/// about to take) the [`WriterLock`]: the writer's, the checkpoint thread's, and the
+/// push delivery's (its own two tables).
+pub fn connect(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE

@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["adapty", "index", "status", "telemetry"],
     &["store"],
     &["access", "config"],
-    &["refresh"],
+    &["refresh", "notify"],
     &["http"],
     &["cli", "startup"],
 ];
