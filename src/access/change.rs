@@ -2,6 +2,7 @@
 //! push (`--notify-url`) sends each as its `data`.
 
 use crate::store;
+use crate::timestamp::Timestamp;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -42,6 +43,31 @@ impl From<store::AccessChange> for AccessChange {
             expires_at: row.expires_at,
             changed_at: row.changed_at,
             shared_from: row.shared_from,
+        }
+    }
+}
+
+/// What push (`--notify-url`) POSTs: one change of the feed, in the Standard Webhooks
+/// envelope (`type`, `timestamp`, `data`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PushMessage<'a> {
+    /// Always `access.changed`.
+    #[serde(rename = "type")]
+    #[schema(example = "access.changed")]
+    pub kind: &'static str,
+    /// When this attempt was sent (each retry has its own).
+    #[schema(value_type = String)]
+    pub timestamp: Timestamp,
+    /// The change, exactly as `GET /changes` shows it.
+    pub data: &'a AccessChange,
+}
+
+impl<'a> PushMessage<'a> {
+    pub fn new(data: &'a AccessChange, timestamp: Timestamp) -> Self {
+        PushMessage {
+            kind: "access.changed",
+            timestamp,
+            data,
         }
     }
 }

@@ -88,5 +88,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 )]
 #[get("/openapi.json")]
 pub async fn openapi(api: web::Data<utoipa::openapi::OpenApi>) -> HttpResponse {
-    HttpResponse::Ok().json(api.get_ref())
+    let mut document = serde_json::to_value(api.get_ref()).unwrap_or_default();
+    super::notify::describe_push(&mut document);
+    HttpResponse::Ok().json(document)
 }

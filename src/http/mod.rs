@@ -59,6 +59,7 @@ pub struct AppState {
         title = "entitled",
         description = "Adapty subscription webhooks in; \"is this user premium right now?\" out."
     ),
+    components(schemas(crate::access::change::PushMessage)),
     modifiers(&Security)
 )]
 pub struct ApiDoc;

@@ -105,3 +105,36 @@ pub async fn replay(
         .map_err(|e| ApiError::store_unavailable(&e))?;
     Ok(HttpResponse::Ok().json(ReplayAnswer { from_seq }))
 }
+
+/// Adds push to the OpenAPI document as what it is, a request entitled *makes*: an
+/// OpenAPI 3.1 `webhooks` entry (utoipa has no way to say it), whose body is the
+/// `PushMessage` schema.
+pub fn describe_push(document: &mut serde_json::Value) {
+    let header = |name: &str, description: &str| {
+        serde_json::json!({
+            "name": name, "in": "header", "required": true,
+            "description": description, "schema": {"type": "string"}
+        })
+    };
+    document["webhooks"]["accessChanged"] = serde_json::json!({
+        "post": {
+            "summary": "A change of the feed, pushed to --notify-url",
+            "description": "One change a request, in feed order; the next once this one is \
+                confirmed (any 2xx) or parked after --notify-retry-for. Signed the Standard \
+                Webhooks way: verify webhook-signature before trusting the body.",
+            "parameters": [
+                header("webhook-id", "`chg_<seq>`: the same on every retry of the change"),
+                header("webhook-timestamp", "Unix seconds of this attempt"),
+                header("webhook-signature", "`v1,<base64 HMAC-SHA256 of id.timestamp.body>` with the key of --notify-secret"),
+            ],
+            "requestBody": {
+                "required": true,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PushMessage"}}}
+            },
+            "responses": {
+                "2XX": {"description": "Confirmed: the next change is sent"},
+                "default": {"description": "Not confirmed: sent again with backoff"}
+            }
+        }
+    });
+}

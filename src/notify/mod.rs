@@ -19,7 +19,7 @@ mod signer;
 
 pub use signer::Signer;
 
-use crate::access::change::AccessChange;
+use crate::access::change::{AccessChange, PushMessage};
 use crate::status::Status;
 use crate::store::{self, notify, StoreError, Synchronous};
 use crate::timestamp::Timestamp;
@@ -217,12 +217,7 @@ impl Notifier {
         let mut backoff = FIRST_BACKOFF;
         loop {
             let now = Timestamp::now();
-            let body = serde_json::to_vec(&serde_json::json!({
-                "type": "access.changed",
-                "timestamp": now.to_rfc3339(),
-                "data": &data,
-            }))
-            .unwrap_or_default();
+            let body = serde_json::to_vec(&PushMessage::new(&data, now)).unwrap_or_default();
             let unix = now.as_micros().div_euclid(1_000_000);
             let sent = http
                 .post(self.settings.url.clone())
