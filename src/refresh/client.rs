@@ -115,8 +115,13 @@ impl AdaptyApi {
     pub async fn fetch(&self, who: Who<'_>) -> Result<Answer, ApiError> {
         let (header, id) = who.header();
         let mut backoff = FIRST_BACKOFF;
+        let mut wait = Duration::ZERO;
         let mut last = String::new();
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 1..=MAX_ATTEMPTS {
+            if attempt > 1 {
+                // The wait the previous attempt asked for: its `Retry-After`, or the backoff.
+                tokio::time::sleep(std::mem::replace(&mut wait, Duration::ZERO)).await;
+            }
             self.limiter.until_ready().await;
             let sent = self
                 .http
@@ -170,9 +175,9 @@ impl AdaptyApi {
                 }
                 429 => {
                     counted("rate_limited");
-                    let wait = retry_after(&response).unwrap_or(Duration::from_secs(1));
+                    let asked = retry_after(&response).unwrap_or(Duration::from_secs(1));
                     last = "429 Too Many Requests".to_owned();
-                    tokio::time::sleep(wait.min(MAX_RETRY_AFTER)).await;
+                    wait = asked.min(MAX_RETRY_AFTER);
                     continue;
                 }
                 500..=599 => {
@@ -184,9 +189,10 @@ impl AdaptyApi {
                     return Err(ApiError::Unavailable(format!("{status} from Adapty")));
                 }
             }
-            tokio::time::sleep(backoff).await;
+            wait = backoff;
             backoff *= 2;
         }
+        // No wait after the last attempt: the caller hears of the failure at once.
         Err(ApiError::Unavailable(last))
     }
 }
