@@ -19,11 +19,15 @@
 //! BENCHMARKS.md: the figures and how to run it, nothing else (report.rs). What they
 //! mean, and how each is measured, is docs/performance.md. Timings never run under
 //! `cargo test`.
+//!
+//! `--only-sync` measures only `entitled sync` against a fake of Adapty's API, beside
+//! a client that fetches the same profiles and stores nothing (sync.rs).
 
 mod ceiling;
 mod load;
 mod report;
 mod storage;
+mod sync;
 
 use bytes::Bytes;
 use entitled_loadgen::flags::Bench;
@@ -55,6 +59,8 @@ struct Args {
     ingest_on_preloaded: bool,
     only_lookups: bool,
     only_mixed: bool,
+    only_sync: bool,
+    sync_profiles: u64,
     fsync_delay_us: Option<u64>,
     figures_to: Option<PathBuf>,
     rerender: Option<PathBuf>,
@@ -83,11 +89,17 @@ fn parse_args(repo: &Path) -> Args {
         ingest_on_preloaded: flags.ingest_on_preloaded,
         only_lookups: flags.only_lookups,
         only_mixed: flags.only_mixed,
+        only_sync: flags.only_sync,
+        sync_profiles: flags.sync_profiles,
         fsync_delay_us: flags.fsync_delay_us,
         figures_to: flags.figures_to,
         rerender: flags.rerender,
         out: flags.out.or_else(|| {
-            (!quick && !flags.only_ingest && !flags.only_lookups && !flags.only_mixed)
+            (!quick
+                && !flags.only_ingest
+                && !flags.only_lookups
+                && !flags.only_mixed
+                && !flags.only_sync)
                 .then(|| repo.join("BENCHMARKS.md"))
         }),
     }
@@ -95,12 +107,27 @@ fn parse_args(repo: &Path) -> Args {
 
 fn main() -> std::process::ExitCode {
     let mut raw = std::env::args().skip(1);
-    if raw.next().as_deref() == Some("--serve-ceiling") {
+    let first = raw.next();
+    if first.as_deref() == Some("--serve-ceiling") {
         let file = raw.next().unwrap_or_default();
         return match ceiling::serve(Path::new(&file)) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ceiling server: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    if first.as_deref() == Some("--fetch-loop") {
+        let (url, ids, concurrency) = (
+            raw.next().unwrap_or_default(),
+            raw.next().unwrap_or_default(),
+            raw.next().and_then(|c| c.parse().ok()).unwrap_or(1),
+        );
+        return match sync::fetch_loop(&url, Path::new(&ids), concurrency) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fetch loop: {e}");
                 std::process::ExitCode::FAILURE
             }
         };
@@ -211,6 +238,15 @@ fn run() -> Result<()> {
     report.machine = report::machine();
     report.commit = report::commit(&repo);
     let bin = procs::build_daemon(&repo)?;
+
+    if args.only_sync {
+        let (pin, pinning) = Pinning::apply(args.pin);
+        eprintln!("pinning: {pinning}");
+        let tmp = tempfile::Builder::new()
+            .prefix("run-")
+            .tempdir_in(&data_dir)?;
+        return sync::run(&bin, &pin, tmp.path(), args.sync_profiles);
+    }
 
     // Build (or reuse) the big database first, on both cores.
     let big_db = if args.only_ingest && !args.ingest_on_preloaded {

@@ -65,6 +65,25 @@ pub struct Bench {
     /// report: for working on what ingest does to lookups. No HTTP ceiling.
     #[arg(long, conflicts_with_all = ["only_ingest", "only_lookups"])]
     pub only_mixed: bool,
+    /// Run only `entitled sync` of --sync-profiles profiles against a fake of Adapty's
+    /// API served by this benchmark (one `premium` level each), on a new database and
+    /// then again (every answer a duplicate), against a client that fetches the same
+    /// profiles and stores nothing; three rounds, print their figures and write no
+    /// report: for the cost of a day-one backfill.
+    #[arg(
+        long,
+        conflicts_with_all = ["only_ingest", "only_lookups", "only_mixed", "ingest_on_preloaded"]
+    )]
+    pub only_sync: bool,
+    /// With --only-sync: how many profiles each sync fetches.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 10_000,
+        requires = "only_sync",
+        value_parser = positive::<u64>
+    )]
+    pub sync_profiles: u64,
     /// With --only-ingest: make every fsync and fdatasync of this benchmark and of the
     /// daemon N microseconds longer, as on a slower disk (an LD_PRELOAD shim,
     /// examples/entitled-bench/slow_fsync.c, built with `cc`; the benchmark checks that
@@ -84,7 +103,7 @@ pub struct Bench {
     #[arg(
         long,
         value_name = "FILE",
-        conflicts_with_all = ["quick", "only_ingest", "only_lookups", "only_mixed"]
+        conflicts_with_all = ["quick", "only_ingest", "only_lookups", "only_mixed", "only_sync"]
     )]
     pub rerender: Option<PathBuf>,
 }
@@ -229,7 +248,8 @@ mod tests {
     fn bench_defaults() {
         let b = Bench::try_parse_from(["entitled-bench"]).unwrap();
         assert!(!b.quick && !b.no_pin && !b.only_ingest && !b.only_lookups && !b.only_mixed);
-        assert!(!b.ingest_on_preloaded);
+        assert!(!b.ingest_on_preloaded && !b.only_sync);
+        assert_eq!(b.sync_profiles, 10_000);
         assert_eq!(b.profiles, None);
         assert_eq!(b.seconds, None);
         assert_eq!(b.connections, 64);
@@ -285,6 +305,10 @@ mod tests {
         assert!(b.only_lookups);
         let b = Bench::try_parse_from(["entitled-bench", "--only-mixed"]).unwrap();
         assert!(b.only_mixed);
+        let b = Bench::try_parse_from(["entitled-bench", "--only-sync", "--sync-profiles", "500"])
+            .unwrap();
+        assert!(b.only_sync);
+        assert_eq!(b.sync_profiles, 500);
         let b = Bench::try_parse_from(["entitled-bench", "--rerender", "BENCHMARKS.md"]).unwrap();
         assert_eq!(b.rerender, Some(PathBuf::from("BENCHMARKS.md")));
     }
@@ -300,6 +324,12 @@ mod tests {
             &["--ingest-on-preloaded", "--only-mixed"],
             &["--ingest-on-preloaded", "--rerender", "B.md"],
             &["--figures-to", "f.json"],
+            &["--only-sync", "--only-ingest"],
+            &["--only-sync", "--only-lookups"],
+            &["--only-sync", "--only-mixed"],
+            &["--only-sync", "--rerender", "B.md"],
+            &["--sync-profiles", "100"],
+            &["--only-sync", "--sync-profiles", "0"],
             &["--rerender", "B.md", "--quick"],
             &["--profiles", "0"],
             &["--connections", "-1"],
@@ -390,11 +420,13 @@ mod tests {
             "| `--fsync-delay-us N` | none; the full run does one pass at 1000 |",
             "| `--out FILE` | BENCHMARKS.md for the full run",
             "| `--rerender FILE` | none |",
+            "| `--only-sync` | off | Run only `entitled sync`",
+            "| `--sync-profiles N` | 10000 | With --only-sync:",
         ] {
             assert_eq!(table.matches(row).count(), 1, "{row:?} in\n{table}");
         }
         assert!(!table.contains("--figures-to"), "{table}");
         assert!(!table.contains("--help"), "{table}");
-        assert_eq!(table.lines().count(), 2 + 13, "{table}");
+        assert_eq!(table.lines().count(), 2 + 15, "{table}");
     }
 }

@@ -331,6 +331,21 @@ pub fn cpu_ticks(pid: Option<u32>) -> u64 {
     std::fs::read_to_string(path).map_or(0, |stat| stat_ticks(&stat).1)
 }
 
+/// User + system CPU time of this process's children that it has waited for (and
+/// of theirs), so far, in ticks: `cutime` + `cstime` of `/proc/self/stat`. A child's
+/// time is counted once it has exited and been waited for.
+pub fn children_cpu_ticks() -> u64 {
+    std::fs::read_to_string("/proc/self/stat").map_or(0, |stat| {
+        let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+        // cutime and cstime are fields 16 and 17 of the line; `rest` starts at field 3.
+        rest.split_whitespace()
+            .skip(13)
+            .take(2)
+            .filter_map(|f| f.parse::<u64>().ok())
+            .sum()
+    })
+}
+
 /// CPU time so far of every process but `exclude` (kernel threads included), in
 /// ticks, by pid, with its name.
 pub fn others_cpu_ticks(exclude: &[u32]) -> HashMap<u32, (String, u64)> {
