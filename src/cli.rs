@@ -395,11 +395,12 @@ pub fn notify_replay(args: NotifyReplayArgs) -> Result<String, CliError> {
             ))
         }
         Err(StoreError::InUse { .. }) => {
-            let mut url = reqwest::Url::parse(&args.daemon_url)
+            let mut url = reqwest::Url::parse(&args.daemon.daemon_url)
                 .map_err(|e| std::io::Error::other(format!("--daemon-url: {e}")))?;
             url.set_path("/notify/replay");
             url.set_query(Some(&format!("from_seq={from_seq}")));
             let token = args
+                .daemon
                 .read_token
                 .as_ref()
                 .map(|t| t.expose_secret().to_owned());

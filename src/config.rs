@@ -72,6 +72,13 @@ pub struct NotifyReplayArgs {
     #[command(flatten)]
     pub store: StoreArgs,
 
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+/// A command that goes through the running daemon when it holds the file.
+#[derive(Debug, Clone, Args)]
+pub struct DaemonArgs {
     /// The running daemon to go through when it holds the file.
     #[arg(
         long,
@@ -155,17 +162,8 @@ pub struct SyncArgs {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub rate: u32,
 
-    /// The running daemon to go through when it holds the file (its refresh routes).
-    #[arg(
-        long,
-        env = "ENTITLED_DAEMON_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    pub daemon_url: String,
-
-    /// The daemon's --read-token, when it has one.
-    #[arg(long, env = "ENTITLED_READ_TOKEN", value_parser = secret, hide_env_values = true)]
-    pub read_token: Option<SecretString>,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
 
     #[command(flatten)]
     pub adapty: AdaptyArgs,

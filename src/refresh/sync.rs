@@ -142,14 +142,16 @@ pub fn sync(args: SyncArgs) -> Result<SyncSummary, SyncError> {
             summary
         }
         Err(StoreError::InUse { .. }) => {
-            let url = reqwest::Url::parse(&args.daemon_url)
-                .map_err(|e| SyncError::Usage(format!("--daemon-url {}: {e}", args.daemon_url)))?;
+            let url = reqwest::Url::parse(&args.daemon.daemon_url).map_err(|e| {
+                SyncError::Usage(format!("--daemon-url {}: {e}", args.daemon.daemon_url))
+            })?;
             eprintln!("a daemon holds the file: syncing through it at {url}");
             let http = reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(120))
                 .build()
                 .map_err(|e| SyncError::Usage(e.to_string()))?;
             let token = args
+                .daemon
                 .read_token
                 .as_ref()
                 .map(|t| Arc::from(t.expose_secret()));
