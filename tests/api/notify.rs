@@ -1182,6 +1182,22 @@ async fn a_receiver_down_for_a_while_gets_everything_when_it_is_back() {
     );
     get(&daemon, "/readyz", None).await.expect(200);
     assert_eq!(receiver.count(), 0, "{}", receiver.describe());
+    // The metrics show the backlog: three changes after the cursor, the oldest waiting
+    // for over a second.
+    let backlog = poll_until(3 * SECOND, StdDuration::from_millis(50), || async {
+        metric(&daemon, "entitled_notify_pending", None).await == Some(3.0)
+            && metric(&daemon, "entitled_notify_lag_seconds", None)
+                .await
+                .is_some_and(|lag| lag >= 1.0)
+    })
+    .await;
+    assert!(
+        backlog,
+        "while down with three changes undelivered: entitled_notify_pending {:?} (want 3), \
+         entitled_notify_lag_seconds {:?} (want >= 1)",
+        metric(&daemon, "entitled_notify_pending", None).await,
+        metric(&daemon, "entitled_notify_lag_seconds", None).await
+    );
 
     receiver.up();
     let wanted = seqs(&feed(&daemon, None).await);
