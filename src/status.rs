@@ -55,6 +55,11 @@ impl Status {
         self.released_event.load(Ordering::Acquire)
     }
 
+    /// The newest `access_changes.seq` committed and released.
+    pub fn newest_change(&self) -> i64 {
+        *self.newest_change.borrow()
+    }
+
     /// Wakes when a change newer than the one seen is committed.
     pub fn watch_changes(&self) -> watch::Receiver<i64> {
         self.newest_change.subscribe()

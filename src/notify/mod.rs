@@ -57,6 +57,8 @@ pub struct Notifier {
     replay_pending: AtomicBool,
     /// `changed_at` (µs) of the oldest change not yet confirmed; 0 when caught up.
     oldest_pending: AtomicI64,
+    /// The cursor as the delivery last read it, for `/metrics`.
+    cursor: AtomicI64,
 }
 
 impl Notifier {
@@ -77,6 +79,7 @@ impl Notifier {
             replayed: Notify::new(),
             replay_pending: AtomicBool::new(false),
             oldest_pending: AtomicI64::new(0),
+            cursor: AtomicI64::new(cursor),
         }))
     }
 
@@ -132,6 +135,12 @@ impl Notifier {
         Ok(())
     }
 
+    /// Changes of the feed after the cursor (not yet confirmed, parked or skipped), as
+    /// of now: it grows while a change is retried.
+    pub fn pending(&self) -> i64 {
+        (self.status.newest_change() - self.cursor.load(Ordering::Acquire)).max(0)
+    }
+
     /// Seconds since the oldest change not yet confirmed was recorded; 0 when caught up.
     pub fn lag_seconds(&self, now: Timestamp) -> f64 {
         match self.oldest_pending.load(Ordering::Acquire) {
@@ -168,7 +177,7 @@ impl Notifier {
                     continue;
                 }
             };
-            metrics::gauge!("entitled_notify_pending").set((newest - cursor).max(0) as f64);
+            self.cursor.store(cursor, Ordering::Release);
             let Some(change) = change else {
                 self.oldest_pending.store(0, Ordering::Release);
                 tokio::select! {
