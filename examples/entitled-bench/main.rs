@@ -22,9 +22,13 @@
 //!
 //! `--only-sync` measures only `entitled sync` against a fake of Adapty's API, beside
 //! a client that fetches the same profiles and stores nothing (sync.rs).
+//!
+//! `--only-push-flood` measures only lookups during a flood of 10,000 changes, with
+//! push (`--notify-url`, to a receiver served by the bench) and without (push.rs).
 
 mod ceiling;
 mod load;
+mod push;
 mod report;
 mod storage;
 mod sync;
@@ -61,6 +65,7 @@ struct Args {
     only_mixed: bool,
     only_sync: bool,
     sync_profiles: u64,
+    only_push_flood: bool,
     fsync_delay_us: Option<u64>,
     figures_to: Option<PathBuf>,
     rerender: Option<PathBuf>,
@@ -78,9 +83,11 @@ fn parse_args(repo: &Path) -> Args {
     let quick = flags.quick;
     Args {
         quick,
-        profiles: flags
-            .profiles
-            .unwrap_or(if quick { 100_000 } else { 1_000_000 }),
+        profiles: flags.profiles.unwrap_or(if quick || flags.only_push_flood {
+            100_000
+        } else {
+            1_000_000
+        }),
         seconds: flags.seconds.unwrap_or(if quick { 5 } else { 10 }),
         connections: flags.connections,
         mixed_rate: flags.mixed_ingest_rate,
@@ -91,6 +98,7 @@ fn parse_args(repo: &Path) -> Args {
         only_mixed: flags.only_mixed,
         only_sync: flags.only_sync,
         sync_profiles: flags.sync_profiles,
+        only_push_flood: flags.only_push_flood,
         fsync_delay_us: flags.fsync_delay_us,
         figures_to: flags.figures_to,
         rerender: flags.rerender,
@@ -99,7 +107,8 @@ fn parse_args(repo: &Path) -> Args {
                 && !flags.only_ingest
                 && !flags.only_lookups
                 && !flags.only_mixed
-                && !flags.only_sync)
+                && !flags.only_sync
+                && !flags.only_push_flood)
                 .then(|| repo.join("BENCHMARKS.md"))
         }),
     }
@@ -246,6 +255,37 @@ fn run() -> Result<()> {
             .prefix("run-")
             .tempdir_in(&data_dir)?;
         return sync::run(&bin, &pin, tmp.path(), args.sync_profiles);
+    }
+
+    if args.only_push_flood {
+        eprintln!(
+            "database: {} profiles, {} events (cached in {})",
+            args.profiles,
+            args.profiles * gen::EVENTS_PER_PROFILE,
+            data_dir.display()
+        );
+        let (db, reused) = storage::ensure_dataset(&bin, &data_dir, args.profiles)?;
+        eprintln!(
+            "database: {} ({})",
+            db.display(),
+            if reused { "reused" } else { "generated" }
+        );
+        let (pin, pinning) = Pinning::apply(args.pin);
+        eprintln!("pinning: {pinning}");
+        let tmp = tempfile::Builder::new()
+            .prefix("run-")
+            .tempdir_in(&data_dir)?;
+        return push::run(&push::Setup {
+            bin: &bin,
+            pin: &pin,
+            db: &db,
+            dir: tmp.path(),
+            profiles: args.profiles,
+            connections: args.connections,
+            warmup: Duration::from_secs(if args.quick { 1 } else { 2 }),
+            window: Duration::from_secs(args.seconds),
+            lookups: lookup_requests(args.profiles),
+        });
     }
 
     // Build (or reuse) the big database first, on both cores.

@@ -20,7 +20,7 @@ pub struct Bench {
     #[arg(long)]
     pub quick: bool,
     /// Profiles in the start-up / lookup database, 4 events each [default: 1,000,000;
-    /// --quick: 100,000].
+    /// --quick and --only-push-flood: 100,000].
     #[arg(long, value_name = "N", value_parser = positive::<u64>)]
     pub profiles: Option<u64>,
     /// Measured seconds of each load phase (ingest: 1.5x), after a 2 s warm-up
@@ -84,6 +84,18 @@ pub struct Bench {
         value_parser = positive::<u64>
     )]
     pub sync_profiles: u64,
+    /// Run only the push flood: 10,000 purchase webhooks (one access gain each) ingested
+    /// as fast as --connections closed-loop clients send them, while closed-loop lookups
+    /// of --profiles cached profiles run beside them, against a daemon with --notify-url
+    /// pointing at a receiver served by this benchmark and, alternately, the same daemon
+    /// without it; three rounds of each, print their figures (lookups' throughput and p99
+    /// with push over without, how long the receiver took to get all 10,000 changes) and
+    /// write no report.
+    #[arg(
+        long,
+        conflicts_with_all = ["only_ingest", "only_lookups", "only_mixed", "only_sync", "ingest_on_preloaded", "sync_profiles"]
+    )]
+    pub only_push_flood: bool,
     /// With --only-ingest: make every fsync and fdatasync of this benchmark and of the
     /// daemon N microseconds longer, as on a slower disk (an LD_PRELOAD shim,
     /// examples/entitled-bench/slow_fsync.c, built with `cc`; the benchmark checks that
@@ -103,7 +115,7 @@ pub struct Bench {
     #[arg(
         long,
         value_name = "FILE",
-        conflicts_with_all = ["quick", "only_ingest", "only_lookups", "only_mixed", "only_sync"]
+        conflicts_with_all = ["quick", "only_ingest", "only_lookups", "only_mixed", "only_sync", "only_push_flood"]
     )]
     pub rerender: Option<PathBuf>,
 }
@@ -248,7 +260,7 @@ mod tests {
     fn bench_defaults() {
         let b = Bench::try_parse_from(["entitled-bench"]).unwrap();
         assert!(!b.quick && !b.no_pin && !b.only_ingest && !b.only_lookups && !b.only_mixed);
-        assert!(!b.ingest_on_preloaded && !b.only_sync);
+        assert!(!b.ingest_on_preloaded && !b.only_sync && !b.only_push_flood);
         assert_eq!(b.sync_profiles, 10_000);
         assert_eq!(b.profiles, None);
         assert_eq!(b.seconds, None);
@@ -309,6 +321,18 @@ mod tests {
             .unwrap();
         assert!(b.only_sync);
         assert_eq!(b.sync_profiles, 500);
+        let b = Bench::try_parse_from([
+            "entitled-bench",
+            "--only-push-flood",
+            "--profiles",
+            "20000",
+            "--seconds",
+            "12",
+        ])
+        .unwrap();
+        assert!(b.only_push_flood);
+        assert_eq!(b.profiles, Some(20_000));
+        assert_eq!(b.seconds, Some(12));
         let b = Bench::try_parse_from(["entitled-bench", "--rerender", "BENCHMARKS.md"]).unwrap();
         assert_eq!(b.rerender, Some(PathBuf::from("BENCHMARKS.md")));
     }
@@ -329,6 +353,12 @@ mod tests {
             &["--only-sync", "--only-mixed"],
             &["--only-sync", "--rerender", "B.md"],
             &["--sync-profiles", "100"],
+            &["--only-push-flood", "--only-ingest"],
+            &["--only-push-flood", "--only-lookups"],
+            &["--only-push-flood", "--only-mixed"],
+            &["--only-push-flood", "--only-sync"],
+            &["--only-push-flood", "--rerender", "B.md"],
+            &["--only-push-flood", "--sync-profiles", "100"],
             &["--only-sync", "--sync-profiles", "0"],
             &["--rerender", "B.md", "--quick"],
             &["--profiles", "0"],
@@ -411,7 +441,7 @@ mod tests {
         let table = markdown_table(&Bench::command());
         for row in [
             "| `--quick` | off | Development run:",
-            "| `--profiles N` | 1,000,000; --quick: 100,000 | Profiles in",
+            "| `--profiles N` | 1,000,000; --quick and --only-push-flood: 100,000 | Profiles in",
             "| `--seconds S` | 10; --quick: 5 | Measured seconds",
             "| `--connections N` | 64 | Client connections",
             "| `--mixed-ingest-rate R` | 1000 | Events per second",
@@ -422,11 +452,12 @@ mod tests {
             "| `--rerender FILE` | none |",
             "| `--only-sync` | off | Run only `entitled sync`",
             "| `--sync-profiles N` | 10000 | With --only-sync:",
+            "| `--only-push-flood` | off | Run only the push flood:",
         ] {
             assert_eq!(table.matches(row).count(), 1, "{row:?} in\n{table}");
         }
         assert!(!table.contains("--figures-to"), "{table}");
         assert!(!table.contains("--help"), "{table}");
-        assert_eq!(table.lines().count(), 2 + 15, "{table}");
+        assert_eq!(table.lines().count(), 2 + 16, "{table}");
     }
 }

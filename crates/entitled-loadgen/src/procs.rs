@@ -118,12 +118,25 @@ pub struct Server {
 /// Starts `entitled serve` on `db`. With `port`, listens there; else on port 0 and the
 /// address comes from the readiness line. Returns at once (see [`Server::wait_line`]).
 pub fn spawn_daemon(bin: &Path, pin: &Pinning, db: &Path, port: u16, log: &Path) -> Result<Server> {
+    spawn_daemon_with(bin, pin, db, port, log, &[])
+}
+
+/// [`spawn_daemon`] with more arguments after `serve`'s own (e.g. `--notify-url`).
+pub fn spawn_daemon_with(
+    bin: &Path,
+    pin: &Pinning,
+    db: &Path,
+    port: u16,
+    log: &Path,
+    extra: &[String],
+) -> Result<Server> {
     let mut cmd = pin.command(bin);
     cmd.arg("serve")
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--db")
-        .arg(db);
+        .arg(db)
+        .args(extra);
     // The daemon's own defaults: durability FULL, info logs.
     for var in [
         "RUST_LOG",
@@ -137,6 +150,10 @@ pub fn spawn_daemon(bin: &Path, pin: &Pinning, db: &Path, port: u16, log: &Path)
         "ENTITLED_EVENT_NAMES",
         "ENTITLED_PRODUCT_LEVELS",
         "ENTITLED_LOG_FORMAT",
+        "ENTITLED_NOTIFY_URL",
+        "ENTITLED_NOTIFY_SECRET",
+        "ENTITLED_NOTIFY_ACCESS_LEVELS",
+        "ENTITLED_NOTIFY_RETRY_FOR",
     ] {
         cmd.env_remove(var);
     }
