@@ -23,9 +23,7 @@ use crate::fake_adapty::{FakeAdapty, Fault, Level, Request};
 use crate::helpers::*;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
 use std::time::{Duration as StdDuration, Instant};
 
 // ---- helpers ------------------------------------------------------------------------
@@ -268,78 +266,11 @@ async fn until_requests(fake: &FakeAdapty, profile_id: &str, n: usize, limit: St
 
 // ---- the CLI ------------------------------------------------------------------------
 
-/// One run of the binary.
-struct Run {
-    what: String,
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "`entitled {}` -> {}\nstdout:\n{}\nstderr:\n{}",
-            self.what, self.status, self.stdout, self.stderr
-        )
-    }
-}
-
 /// Runs `entitled ARGS` with `env` set and `stdin` fed in, bounded to two minutes.
 fn run(args: &[String], env: &[(&str, &str)], stdin: Option<Vec<u8>>) -> Run {
-    let what = args.join(" ");
-    let mut child = entitled()
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    let feeder = child.stdin.take().map(|mut pipe| {
-        let bytes = stdin.unwrap_or_default();
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(&bytes);
-        })
-    });
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = out.read_to_string(&mut text);
-        text
-    });
-    let err = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = err.read_to_string(&mut text);
-        text
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waitpid") {
-            break status;
-        }
-        if started.elapsed() > StdDuration::from_secs(120) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`entitled {what}` did not finish within 120 s");
-        }
-        std::thread::sleep(StdDuration::from_millis(20));
-    };
-    if let Some(feeder) = feeder {
-        let _ = feeder.join();
-    }
-    Run {
-        what,
-        status,
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    }
+    let mut command = entitled();
+    command.args(args).envs(env.iter().copied());
+    run_bounded(command, args.join(" "), stdin, StdDuration::from_secs(120))
 }
 
 /// `sync --db DB --adapty-secret-key K --adapty-api-url URL EXTRA…`.

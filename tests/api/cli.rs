@@ -7,28 +7,8 @@
 
 use crate::helpers::*;
 use serde_json::{json, Value};
-use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
-use std::time::{Duration as StdDuration, Instant};
-
-/// What one run of the binary gave.
-struct Run {
-    what: String,
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "`entitled {}` -> {}\nstdout:\n{}\nstderr:\n{}",
-            self.what, self.status, self.stdout, self.stderr
-        )
-    }
-}
+use std::time::Duration as StdDuration;
 
 impl Run {
     #[track_caller]
@@ -55,58 +35,9 @@ impl Run {
 /// Runs `entitled ARGS --db DB` (with `stdin` fed in), bounded to a minute.
 fn entitled(args: &[&str], db: &Path, stdin: Option<Vec<u8>>) -> Run {
     let what = format!("{} --db {}", args.join(" "), db.display());
-    let mut child = crate::helpers::entitled()
-        .args(args)
-        .arg("--db")
-        .arg(db)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    let feeder = child.stdin.take().map(|mut pipe| {
-        let bytes = stdin.unwrap_or_default();
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(&bytes);
-        })
-    });
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = out.read_to_string(&mut text);
-        text
-    });
-    let err = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = err.read_to_string(&mut text);
-        text
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waitpid") {
-            break status;
-        }
-        if started.elapsed() > StdDuration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`entitled {what}` did not finish within 60 s");
-        }
-        std::thread::sleep(StdDuration::from_millis(20));
-    };
-    if let Some(feeder) = feeder {
-        let _ = feeder.join();
-    }
-    Run {
-        what,
-        status,
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    }
+    let mut command = crate::helpers::entitled();
+    command.args(args).arg("--db").arg(db);
+    run_bounded(command, what, stdin, StdDuration::from_secs(60))
 }
 
 /// The levels of a profile in the file, as (level, is_active).

@@ -1092,3 +1092,78 @@ impl Senders {
         acked
     }
 }
+
+/// What one run of the binary gave.
+pub struct Run {
+    pub what: String,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`entitled {}` -> {}\nstdout:\n{}\nstderr:\n{}",
+            self.what, self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `command` (the binary with its arguments and environment set; `what` says
+/// which, for messages), feeding it `stdin`, and waits at most `limit`.
+pub fn run_bounded(
+    mut command: Command,
+    what: String,
+    stdin: Option<Vec<u8>>,
+    limit: std::time::Duration,
+) -> Run {
+    use std::io::{Read, Write};
+    let mut child = command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let feeder = child.stdin.take().map(|mut pipe| {
+        let bytes = stdin.unwrap_or_default();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&bytes);
+        })
+    });
+    let reader = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let out = reader(Box::new(child.stdout.take().expect("stdout")));
+    let err = reader(Box::new(child.stderr.take().expect("stderr")));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waitpid") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`entitled {what}` did not finish within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    if let Some(feeder) = feeder {
+        let _ = feeder.join();
+    }
+    Run {
+        what,
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}

@@ -1507,65 +1507,11 @@ async fn env_configuration_works_and_the_secret_never_reaches_the_logs() {
     );
 }
 
-/// One run of the binary: status, stdout, stderr.
-struct Run {
-    what: String,
-    status: std::process::ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "`entitled {}` -> {}\nstdout:\n{}\nstderr:\n{}",
-            self.what, self.status, self.stdout, self.stderr
-        )
-    }
-}
-
 /// Runs `entitled ARGS` with `env`, bounded to a minute.
 fn run(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let what = args.join(" ");
-    let mut child = entitled()
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut text);
-        text
-    });
-    let err = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut err, &mut text);
-        text
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waitpid") {
-            break status;
-        }
-        if started.elapsed() > StdDuration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`entitled {what}` did not finish within 60 s");
-        }
-        std::thread::sleep(StdDuration::from_millis(20));
-    };
-    Run {
-        what,
-        status,
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    }
+    let mut command = entitled();
+    command.args(args).envs(env.iter().copied());
+    run_bounded(command, args.join(" "), None, StdDuration::from_secs(60))
 }
 
 /// `entitled notify status --db DB`: the numbers after `delivered_seq`, `newest_seq`
