@@ -90,6 +90,7 @@ impl Notifier {
         std::thread::Builder::new()
             .name("entitled-notify".into())
             .spawn(move || {
+                yield_to_lookups();
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -284,6 +285,21 @@ impl Notifier {
                 return;
             }
         }
+    }
+}
+
+/// The nice value of the push thread: below lookups and ingestion when the CPU is
+/// short (a flood of 10,000 changes on one core took 41 % of the lookups' throughput
+/// at the same priority: docs/performance.md#push-flood), and still a tenth of a busy
+/// core, so a backlog drains.
+const PUSH_NICE: i32 = 10;
+
+/// Lowers this thread's CPU priority (Linux: a thread's nice value is its own). A
+/// failure only means push competes at the daemon's priority.
+fn yield_to_lookups() {
+    let tid = rustix::thread::gettid();
+    if let Err(error) = rustix::process::setpriority_process(Some(tid), PUSH_NICE) {
+        tracing::debug!(%error, "push keeps the daemon's CPU priority");
     }
 }
 
