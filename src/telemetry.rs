@@ -125,6 +125,10 @@ fn describe() {
         "Changes of the feed after the push cursor (not yet confirmed, parked or skipped)"
     );
     describe_gauge!(
+        "entitled_notify_oldest_undelivered_seq",
+        "The seq of the oldest change push has not yet confirmed (the one being delivered); 0 when caught up"
+    );
+    describe_gauge!(
         "entitled_notify_lag_seconds",
         Unit::Seconds,
         "Age of the oldest change push has not yet confirmed; 0 when caught up"

@@ -66,6 +66,8 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     if let Some(notifier) = &state.notifier {
         ::metrics::gauge!("entitled_notify_lag_seconds").set(notifier.lag_seconds(now));
         ::metrics::gauge!("entitled_notify_pending").set(notifier.pending() as f64);
+        ::metrics::gauge!("entitled_notify_oldest_undelivered_seq")
+            .set(notifier.oldest_undelivered() as f64);
     }
     let body = telemetry::scrape(telemetry::Snapshot {
         profiles: counts.profiles,

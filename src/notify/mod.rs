@@ -142,6 +142,15 @@ impl Notifier {
         (self.status.newest_change() - self.cursor.load(Ordering::Acquire)).max(0)
     }
 
+    /// The `seq` of the oldest change not yet confirmed (the one being delivered); 0
+    /// when caught up.
+    pub fn oldest_undelivered(&self) -> i64 {
+        match self.pending() {
+            0 => 0,
+            _ => self.cursor.load(Ordering::Acquire) + 1,
+        }
+    }
+
     /// Seconds since the oldest change not yet confirmed was recorded; 0 when caught up.
     pub fn lag_seconds(&self, now: Timestamp) -> f64 {
         match self.oldest_pending.load(Ordering::Acquire) {
