@@ -482,7 +482,7 @@ pub struct Resp {
 }
 
 impl Resp {
-    async fn read(result: reqwest::Result<reqwest::Response>, what: &str) -> Resp {
+    pub async fn read(result: reqwest::Result<reqwest::Response>, what: &str) -> Resp {
         let response = result.unwrap_or_else(|e| panic!("{what}: no answer: {e:?}"));
         let status = response.status().as_u16();
         let content_type = response

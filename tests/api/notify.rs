@@ -235,30 +235,7 @@ async fn post(daemon: &Daemon, path: &str, token: Option<&str>) -> Resp {
     if let Some(value) = bearer(token) {
         request = request.header("authorization", value);
     }
-    let what = format!("POST {path}");
-    let response = request
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{what}: no answer: {e:?}"));
-    let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let text = response
-        .text()
-        .await
-        .unwrap_or_else(|e| panic!("{what}: {status} with an unreadable body: {e:?}"));
-    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Resp {
-        what,
-        status,
-        content_type,
-        text,
-        json,
-    }
+    Resp::read(request.send().await, &format!("POST {path}")).await
 }
 
 /// Every change of the feed, in order.
