@@ -87,20 +87,21 @@ pub(super) fn ingest(
     let Some(event_type) = event.event_type else {
         return Ok(Outcome::Ignored);
     };
-    let levels: Vec<Arc<str>> = match rules.level_of(event) {
-        Some(level) => vec![level],
-        // An API snapshot: the levels it lists, and those the profile holds.
+    match rules.level_of(event) {
+        // A webhook touches one level (found once: the hot path).
+        Some(level) => fold_level(conn, &level, event, event_type, now, rules, decode, effects)?,
+        // An API snapshot: the levels it lists, and those the profile holds, each as
+        // that level's fold sees it.
         None if event.api_levels.is_some() => {
             let mut levels: BTreeSet<Arc<str>> = rules.listed_levels(event).into_iter().collect();
             levels.extend(super::levels_of_profile(conn, &event.profile_id)?);
-            levels.into_iter().collect()
+            for level in &levels {
+                if let Some(view) = rules.view(event, level) {
+                    fold_level(conn, level, &view, event_type, now, rules, decode, effects)?;
+                }
+            }
         }
         None => return Ok(Outcome::Ignored),
-    };
-    for level in &levels {
-        if let Some(view) = rules.view(event, level) {
-            fold_level(conn, level, &view, event_type, now, rules, decode, effects)?;
-        }
     }
     Ok(Outcome::Stored)
 }
