@@ -10,7 +10,8 @@ use crate::notify::{self, Notifier};
 use crate::refresh::{lapse, AdaptyApi, Refresher};
 use crate::status::Status;
 use crate::store;
-use crate::store::reader::SqliteReader;
+use crate::store::postgres::{self as pg, follow, reader::PgReader};
+use crate::store::reader::{Reader, SqliteReader};
 use crate::store::writer::{self, Queue, Writer, WriterHandle};
 use crate::telemetry;
 use actix_web::dev::ServerHandle;
@@ -43,6 +44,8 @@ pub enum ServeError {
     WarmUpPanicked,
     #[error("the HTTP server panicked")]
     ServerPanicked,
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 /// Start-up: open and migrate the database, bind, serve (`/readyz` says 503 while the
@@ -50,10 +53,21 @@ pub enum ServeError {
 /// SIGINT; then drain: stop accepting, finish requests in flight, commit what the
 /// writer holds, checkpoint, return.
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    if let Some(url) = postgres_url(&args) {
+        return serve_on_postgres(url, args).await;
+    }
     let (mut conn, _lock) = store::open(&args.store.db, args.store.synchronous.into())?;
     finish_upgrade(&mut conn, &args)?;
     telemetry::metrics_handle();
-    let (state, queue) = build_state(&conn, &args)?;
+    // Counted through the memory map, like the warm-up scan: a full scan through the
+    // page cache would leave it holding the profiles table, megabytes nobody reads.
+    let profiles = store::with_mmap(&conn, || store::profile_count(&conn))?;
+    let reader = SqliteReader::open(
+        &args.store.db,
+        Decoder::new(args.projection.event_names.clone()),
+        Arc::new(args.projection.rules()),
+    )?;
+    let (state, queue) = build_state(&args, profiles, Arc::new(reader))?;
     let server = start_http(&args, state.clone())?;
     stop_on_signal(state.status.clone(), server.handle.clone());
     tracing::info!(addr = %server.addr, "listening; warming the index");
@@ -91,13 +105,11 @@ fn finish_upgrade(conn: &mut rusqlite::Connection, args: &ServeArgs) -> Result<(
 /// queue (handlers may hold its handle, and be told to come back, while the index
 /// warms).
 fn build_state(
-    conn: &rusqlite::Connection,
     args: &ServeArgs,
+    profiles: usize,
+    reader: Arc<dyn Reader>,
 ) -> Result<(web::Data<AppState>, Queue), ServeError> {
     let rules = Arc::new(args.projection.rules());
-    // Counted through the memory map, like the warm-up scan: a full scan through the
-    // page cache would leave it holding the profiles table, megabytes nobody reads.
-    let profiles = store::with_mmap(conn, || store::profile_count(conn))?;
     let decoder = Decoder::new(args.projection.event_names.clone());
     let (writer, queue) = writer::queue();
     let webhook_auth = WebhookAuth::new(
@@ -116,7 +128,6 @@ fn build_state(
              Set --webhook-token (ENTITLED_WEBHOOK_TOKEN) to the Authorization value entered in Adapty."
         );
     }
-    let reader = SqliteReader::open(&args.store.db, decoder.clone(), rules.clone())?;
     let index = Arc::new(Index::with_capacity(profiles));
     let refresher = adapty_api(args, &writer, &index)?;
     let status = Arc::new(Status::new());
@@ -127,7 +138,7 @@ fn build_state(
         status,
         decoder,
         rules,
-        reader: Arc::new(reader),
+        reader,
         webhook_auth,
         read_auth: ReadAuth::new(args.read_token.clone()),
         refresher,
@@ -281,7 +292,24 @@ fn start_writer(
     args: &ServeArgs,
     queue: Queue,
 ) -> Result<JoinHandle<()>, ServeError> {
-    let lapses = match (&state.refresher, args.verify_before_lapse) {
+    let writer = Writer {
+        conn,
+        index: state.index.clone(),
+        status: state.status.clone(),
+        rules: state.rules.clone(),
+        decode: Arc::new(state.decoder.clone()),
+        lapses: lapse_checks(state, args),
+    };
+    Ok(writer.start(queue)?)
+}
+
+/// Verify-before-lapse, when on: where the writer sends levels that lapsed while set to
+/// renew.
+fn lapse_checks(
+    state: &AppState,
+    args: &ServeArgs,
+) -> Option<tokio::sync::mpsc::UnboundedSender<store::Lapse>> {
+    match (&state.refresher, args.verify_before_lapse) {
         (Some(refresher), VerifyBeforeLapse::After(delay)) => {
             let (to_check, lapses) = tokio::sync::mpsc::unbounded_channel();
             let (refresher, index) = (refresher.clone(), state.index.clone());
@@ -290,16 +318,7 @@ fn start_writer(
             Some(to_check)
         }
         _ => None,
-    };
-    let writer = Writer {
-        conn,
-        index: state.index.clone(),
-        status: state.status.clone(),
-        rules: state.rules.clone(),
-        decode: Arc::new(state.decoder.clone()),
-        lapses,
-    };
-    Ok(writer.start(queue)?)
+    }
 }
 
 /// The clock ends access with no event: let the writer report expiries each second.
@@ -324,4 +343,78 @@ fn announce(addr: SocketAddr) -> std::io::Result<()> {
 async fn stop_writer(writer: &WriterHandle, thread: JoinHandle<()>) -> Result<(), ServeError> {
     writer.stop().await;
     thread.join().map_err(|_| ServeError::WriterPanicked)
+}
+
+// ---- PostgreSQL ---------------------------------------------------------------------
+
+/// Connections an instance opens to PostgreSQL at most: the writer, the follower, the
+/// read pool's few (the listener has its own).
+const POSTGRES_POOL: u32 = 6;
+
+/// The `--db` URL, when it names PostgreSQL.
+fn postgres_url(args: &ServeArgs) -> Option<String> {
+    let db = args.store.db.to_str()?;
+    pg::is_url(db).then(|| db.to_owned())
+}
+
+/// `entitled serve` on PostgreSQL: the same steps as on SQLite, with the store's
+/// PostgreSQL rooms (store/postgres): open and migrate under a lock, warm, then the
+/// writer and the follower that keeps the index on what every instance commits. Every
+/// call to PostgreSQL runs on a blocking thread (the driver is blocking).
+async fn serve_on_postgres(url: String, args: ServeArgs) -> Result<(), ServeError> {
+    if args.notify.notify_url.is_some() {
+        return Err(ServeError::Unsupported(
+            "push (--notify-url) runs on the SQLite store only for now: its delivery cursor is \
+             not shared between instances yet (docs/scaling.md)",
+        ));
+    }
+    let opened = url.clone();
+    let pool = blocking(move || pg::open(&opened, POSTGRES_POOL)).await?;
+    telemetry::metrics_handle();
+    let decoder = Decoder::new(args.projection.event_names.clone());
+    let reader = PgReader::new(pool.clone(), decoder, Arc::new(args.projection.rules()));
+    let (state, queue) = build_state(&args, 0, Arc::new(reader))?;
+    let server = start_http(&args, state.clone())?;
+    stop_on_signal(state.status.clone(), server.handle.clone());
+    tracing::info!(addr = %server.addr, db = %pg::redact(&url), "listening; warming the index from PostgreSQL");
+    let started = Instant::now();
+    let (index, status, warm_pool) = (state.index.clone(), state.status.clone(), pool.clone());
+    let follower = match blocking(move || follow::warm(&warm_pool, &url, index, status)).await {
+        Ok(follower) => follower,
+        Err(error) => {
+            server.handle.stop(false).await;
+            return Err(error);
+        }
+    };
+    tracing::info!(
+        profiles = state.index.profile_count(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "index warmed"
+    );
+    let writer = pg::writer::Writer {
+        pool,
+        status: state.status.clone(),
+        rules: state.rules.clone(),
+        decode: Arc::new(state.decoder.clone()),
+        follower: follower.waiter(),
+        lapses: lapse_checks(&state, &args),
+    };
+    let writer_thread = writer.start(queue)?;
+    follower.start()?;
+    state.status.set_warmed();
+    tick_every_second(state.writer.clone());
+    announce(server.addr)?;
+    let served = server.task.await.map_err(|_| ServeError::ServerPanicked)?;
+    stop_writer(&state.writer, writer_thread).await?;
+    tracing::info!("stopped");
+    Ok(served?)
+}
+
+/// Runs a call to the store on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, store::StoreError> + Send + 'static,
+) -> Result<T, ServeError> {
+    Ok(actix_web::rt::task::spawn_blocking(call)
+        .await
+        .map_err(|_| ServeError::WarmUpPanicked)??)
 }

@@ -131,40 +131,52 @@ pub fn index_as_of(
     let index = Index::new();
     for profile_id in profile_ids {
         let (logged, component) = shared_events(conn, profile_id, up_to, decode)?;
-        let events: Vec<Event> = logged
-            .into_iter()
-            .map(|logged| logged.event)
-            .filter(|event| event.event_datetime <= at)
-            .collect();
-        let mut changes: Vec<Change> =
-            projection::project_with_links(&events, rules, Some(&component.links))
-                .into_iter()
-                .filter(|((profile, _), _)| **profile == **profile_id)
-                .map(
-                    |((profile_id, access_level_id), entitlement)| Change::Level {
-                        profile_id,
-                        access_level_id,
-                        entitlement: Some(entitlement),
-                    },
-                )
-                .collect();
-        // Said by the profile's own events, or by a sharing declaration naming it.
-        let users = events.iter().filter_map(|e| {
-            let user = if *e.profile_id == **profile_id {
-                e.customer_user_id.clone()
-            } else {
-                let named = e.shared_with.iter().find(|s| *s.profile_id == **profile_id);
-                named.and_then(|s| s.customer_user_id.clone())
-            };
-            Some(((e.event_datetime, e.id.clone()), user?))
-        });
-        if let Some((_, customer_user_id)) = users.max_by(|a, b| a.0.cmp(&b.0)) {
-            changes.push(Change::CustomerUserId {
-                profile_id: Arc::from(profile_id.as_str()),
-                customer_user_id,
-            });
-        }
-        index.apply(changes);
+        index.apply(as_of(profile_id, logged, &component, at, rules));
     }
     Ok(index)
+}
+
+/// A profile's state as of `at`, from its events and those of its sharing component
+/// ([`shared_events`]): what [`index_as_of`] puts in its index, whatever store read them.
+pub fn as_of(
+    profile_id: &str,
+    logged: Vec<LoggedEvent>,
+    component: &Component,
+    at: Timestamp,
+    rules: &Rules,
+) -> Vec<Change> {
+    let events: Vec<Event> = logged
+        .into_iter()
+        .map(|logged| logged.event)
+        .filter(|event| event.event_datetime <= at)
+        .collect();
+    let mut changes: Vec<Change> =
+        projection::project_with_links(&events, rules, Some(&component.links))
+            .into_iter()
+            .filter(|((profile, _), _)| **profile == *profile_id)
+            .map(
+                |((profile_id, access_level_id), entitlement)| Change::Level {
+                    profile_id,
+                    access_level_id,
+                    entitlement: Some(entitlement),
+                },
+            )
+            .collect();
+    // Said by the profile's own events, or by a sharing declaration naming it.
+    let users = events.iter().filter_map(|e| {
+        let user = if *e.profile_id == *profile_id {
+            e.customer_user_id.clone()
+        } else {
+            let named = e.shared_with.iter().find(|s| *s.profile_id == *profile_id);
+            named.and_then(|s| s.customer_user_id.clone())
+        };
+        Some(((e.event_datetime, e.id.clone()), user?))
+    });
+    if let Some((_, customer_user_id)) = users.max_by(|a, b| a.0.cmp(&b.0)) {
+        changes.push(Change::CustomerUserId {
+            profile_id: Arc::from(profile_id),
+            customer_user_id,
+        });
+    }
+    changes
 }

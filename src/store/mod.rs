@@ -27,6 +27,7 @@
 pub mod checkpoint;
 pub mod history;
 pub mod notify;
+pub mod postgres;
 pub mod reader;
 pub mod rebuild;
 pub mod writer;
@@ -105,4 +106,6 @@ pub enum StoreError {
     Unavailable(String),
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] ::postgres::Error),
 }

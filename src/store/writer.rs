@@ -74,7 +74,7 @@ impl<F: Fn(&str) -> Option<Event> + Send + Sync> Decode for F {
     }
 }
 
-enum Command {
+pub(super) enum Command {
     Ingest {
         event: Box<ReceivedEvent>,
         reply: oneshot::Sender<Reply>,
@@ -156,7 +156,7 @@ pub fn queue() -> (WriterHandle, Queue) {
 }
 
 /// The receiving end of [`queue`].
-pub struct Queue(mpsc::Receiver<Command>);
+pub struct Queue(pub(super) mpsc::Receiver<Command>);
 
 pub(super) struct Ingest {
     pub(super) event: Box<ReceivedEvent>,

@@ -1,0 +1,144 @@
+//! [`Reader`] on PostgreSQL: time travel, explain and the change feed, on the pool.
+
+use super::{changes_after, checkout, Pool};
+use crate::adapty::Decoder;
+use crate::index::Index;
+use crate::projection::Rules;
+use crate::store::history::{self, LoggedEvent};
+use crate::store::reader::Reader;
+use crate::store::sharing::Component;
+use crate::store::writer::Decode;
+use crate::store::{AccessChange, StoreError};
+use crate::timestamp::Timestamp;
+use postgres::GenericClient;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+pub struct PgReader {
+    pool: Pool,
+    decoder: Decoder,
+    rules: Arc<Rules>,
+}
+
+impl PgReader {
+    pub fn new(pool: Pool, decoder: Decoder, rules: Arc<Rules>) -> Self {
+        PgReader {
+            pool,
+            decoder,
+            rules,
+        }
+    }
+}
+
+/// Every stored event (up to `seq` `up_to`) of a profile and of every profile ever
+/// linked with it, and those links: `history::shared_events` on PostgreSQL.
+pub fn shared_events(
+    client: &mut impl GenericClient,
+    profile_id: &str,
+    up_to: i64,
+    decode: &dyn Decode,
+) -> Result<(Vec<LoggedEvent>, Component), StoreError> {
+    let mut component = Component {
+        profiles: BTreeSet::from([Arc::from(profile_id)]),
+        ..Component::default()
+    };
+    let mut next: Vec<Arc<str>> = vec![Arc::from(profile_id)];
+    while !next.is_empty() {
+        let ids: Vec<&str> = next.iter().map(|p| &**p).collect();
+        let rows = client.query(
+            "SELECT profile_id, access_level_id, shared_with FROM sharing_links \
+             WHERE profile_id = ANY($1)",
+            &[&ids],
+        )?;
+        let mut found = Vec::new();
+        for row in &rows {
+            let (p, level, other): (&str, &str, &str) = (row.get(0), row.get(1), row.get(2));
+            let other: Arc<str> = Arc::from(other);
+            component
+                .links
+                .entry(Arc::from(level))
+                .or_default()
+                .insert((Arc::from(p), other.clone()));
+            if component.profiles.insert(other.clone()) {
+                found.push(other);
+            }
+        }
+        next = found;
+    }
+    let ids: Vec<&str> = component.profiles.iter().map(|p| &**p).collect();
+    let rows = client.query(
+        "SELECT seq, event_type, received_at, body FROM events \
+         WHERE profile_id = ANY($1) AND seq <= $2 ORDER BY profile_id, seq",
+        &[&ids, &up_to],
+    )?;
+    let mut logged = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let seq: i64 = row.get(0);
+        logged.push(LoggedEvent {
+            seq,
+            received_type: row.get(1),
+            received_at: super::time(row.get(2))?,
+            event: decode
+                .decode(row.get(3))
+                .ok_or_else(|| StoreError::Corrupt(format!("event {seq} no longer parses")))?,
+        });
+    }
+    Ok((logged, component))
+}
+
+impl Reader for PgReader {
+    fn shared_events(
+        &self,
+        profile_id: &str,
+        up_to: i64,
+    ) -> Result<(Vec<LoggedEvent>, Component), StoreError> {
+        shared_events(
+            &mut *checkout(&self.pool)?,
+            profile_id,
+            up_to,
+            &self.decoder,
+        )
+    }
+
+    fn index_as_of(
+        &self,
+        profile_ids: &[String],
+        at: Timestamp,
+        up_to: i64,
+    ) -> Result<Index, StoreError> {
+        let mut client = checkout(&self.pool)?;
+        let index = Index::new();
+        for profile_id in profile_ids {
+            let (logged, component) =
+                shared_events(&mut *client, profile_id, up_to, &self.decoder)?;
+            index.apply(history::as_of(
+                profile_id,
+                logged,
+                &component,
+                at,
+                &self.rules,
+            ));
+        }
+        Ok(index)
+    }
+
+    fn changes_after(
+        &self,
+        after: i64,
+        up_to: i64,
+        limit: u32,
+    ) -> Result<Vec<AccessChange>, StoreError> {
+        changes_after(&mut *checkout(&self.pool)?, after, up_to, limit)
+    }
+
+    /// The database's size as PostgreSQL counts it (0 while unreachable).
+    fn disk_bytes(&self) -> u64 {
+        checkout(&self.pool)
+            .ok()
+            .and_then(|mut c| {
+                c.query_one("SELECT pg_database_size(current_database())", &[])
+                    .ok()
+            })
+            .map_or(0, |row| row.get::<_, i64>(0).max(0) as u64)
+    }
+}
