@@ -5,11 +5,14 @@
 use crate::access::explain::{self, ExplainedEvent};
 use crate::access::{self, LevelView};
 use crate::adapty::{self, Webhook};
-use crate::config::{AccessArgs, EventsArgs, ImportArgs, NotifyReplayArgs, NotifyStatusArgs};
+use crate::config::{
+    AccessArgs, EventsArgs, ImportArgs, MigrateArgs, NotifyReplayArgs, NotifyStatusArgs,
+};
 use crate::index::Index;
 use crate::status::Status;
+use crate::store::reader::open_reader;
 use crate::store::writer::{self, Outcome, Reply, Writer};
-use crate::store::{self, history, StoreError};
+use crate::store::{self, StoreError};
 use crate::timestamp::Timestamp;
 use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::ExposeSecret;
@@ -86,18 +89,39 @@ const IN_FLIGHT: usize = 2048;
 const REFUSALS_NAMED: u64 = 100;
 
 pub fn import(args: ImportArgs) -> Result<ImportSummary, CliError> {
-    let (conn, _lock) = store::open(&args.store.db, args.store.synchronous.into())?;
     let decoder = adapty::Decoder::new(args.projection.event_names.clone());
     let (handle, queue) = writer::queue();
-    let thread = Writer {
-        conn,
-        index: Arc::new(Index::new()),
-        status: Arc::new(Status::new()),
-        rules: Arc::new(args.projection.rules()),
-        decode: Arc::new(decoder.clone()),
-        lapses: None,
-    }
-    .start(queue)?;
+    let (status, rules) = (Arc::new(Status::new()), Arc::new(args.projection.rules()));
+    let decode = Arc::new(decoder.clone());
+    // On PostgreSQL, beside running instances: their followers pick the events up.
+    let (thread, _lock) = match store::postgres_url(&args.store.db) {
+        Some(url) => {
+            let thread = store::postgres::writer::Writer {
+                pool: store::postgres::open(url, 2)?,
+                status,
+                rules,
+                decode,
+                follower: None,
+                lapses: None,
+            }
+            .start(queue)?;
+            (thread, None)
+        }
+        None => {
+            let (conn, lock) = store::open(&args.store.db, args.store.synchronous.into())?;
+            let thread = Writer {
+                conn,
+                index: Arc::new(Index::new()),
+                status,
+                rules,
+                decode,
+                lapses: None,
+            }
+            .start(queue)?;
+            // Held until the writer's thread is joined, below.
+            (thread, Some(lock))
+        }
+    };
 
     let (input, size): (Box<dyn Read>, Option<u64>) = if args.file.as_os_str() == "-" {
         (Box::new(std::io::stdin()), None)
@@ -168,6 +192,31 @@ pub fn import(args: ImportArgs) -> Result<ImportSummary, CliError> {
     Ok(summary)
 }
 
+/// `entitled migrate`: the SQLite file into PostgreSQL (`store::postgres::copy`).
+pub fn migrate(args: MigrateArgs) -> Result<store::postgres::copy::Copied, CliError> {
+    use store::postgres::copy;
+    let total = copy::events_in(&args.from)?;
+    let pool = store::postgres::open(&args.to, 1)?;
+    let progress = if args.quiet || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total).with_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} events ({eta} left)")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        )
+    };
+    let decoder = adapty::Decoder::new(args.projection.event_names.clone());
+    let copied = copy::migrate(
+        &args.from,
+        &pool,
+        &args.projection.rules(),
+        &decoder,
+        &mut |n| progress.inc(n),
+    )?;
+    progress.finish_and_clear();
+    Ok(copied)
+}
+
 fn tally(summary: &mut ImportSummary, reply: Result<Reply, oneshot::error::RecvError>) {
     match reply {
         Ok(Ok(Outcome::Stored)) => summary.stored += 1,
@@ -192,19 +241,19 @@ fn progress_bar(size: Option<u64>, quiet: bool) -> ProgressBar {
 
 /// `entitled access`: the answer the HTTP API would give, from the file.
 pub fn access(args: AccessArgs) -> Result<(), CliError> {
-    let conn = store::open_read_only(&args.db)?;
     let decoder = adapty::Decoder::new(args.projection.event_names.clone());
-    let rules = args.projection.rules();
+    let rules = Arc::new(args.projection.rules());
+    let reader = open_reader(&args.db, decoder, rules)?;
     let at = args.at.unwrap_or_else(Timestamp::now);
     let level = args.access_level.as_deref();
     let (profile_ids, user) = match (&args.profile_id, &args.user) {
-        (_, Some(user)) => (history::profiles_of_user(&conn, user)?, Some(user.as_str())),
+        (_, Some(user)) => (reader.profiles_of_user(user)?, Some(user.as_str())),
         (Some(profile_id), None) => (vec![profile_id.clone()], None),
         (None, None) => (Vec::new(), None),
     };
     let index = match args.at {
-        Some(at) => history::index_as_of(&conn, &profile_ids, at, i64::MAX, &rules, &decoder)?,
-        None => history::index_now(&conn, &profile_ids)?,
+        Some(at) => reader.index_as_of(&profile_ids, at, i64::MAX)?,
+        None => reader.index_now(&profile_ids)?,
     };
     let mut out = std::io::stdout().lock();
     match user {
@@ -311,9 +360,9 @@ fn write_access_table(
 
 /// `entitled events`: a profile's timeline, with what each event did.
 pub fn events(args: EventsArgs) -> Result<(), CliError> {
-    let conn = store::open_read_only(&args.db)?;
     let decoder = adapty::Decoder::new(args.projection.event_names.clone());
-    let (logged, component) = history::shared_events(&conn, &args.profile_id, i64::MAX, &decoder)?;
+    let reader = open_reader(&args.db, decoder, Arc::new(args.projection.rules()))?;
+    let (logged, component) = reader.shared_events(&args.profile_id, i64::MAX)?;
     let explained = explain::explain_profile(
         &args.profile_id,
         &logged,
@@ -365,6 +414,7 @@ pub fn events(args: EventsArgs) -> Result<(), CliError> {
 
 /// `entitled notify status`: where push delivery stands on this file.
 pub fn notify_status(args: NotifyStatusArgs) -> Result<(), CliError> {
+    refuse_postgres(&args.db)?;
     let conn = store::open_read_only(&args.db)?;
     let newest = store::newest_change(&conn)?;
     let mut out = std::io::stdout().lock();
@@ -386,6 +436,7 @@ pub fn notify_status(args: NotifyStatusArgs) -> Result<(), CliError> {
 /// `entitled notify replay --from-seq N`: on a stopped file, moves the cursor back;
 /// beside a running daemon, asks it (`POST /notify/replay`).
 pub fn notify_replay(args: NotifyReplayArgs) -> Result<String, CliError> {
+    refuse_postgres(&args.store.db)?;
     let from_seq = args.from_seq.max(1);
     match store::open(&args.store.db, args.store.synchronous.into()) {
         Ok((mut conn, _lock)) => {
@@ -430,5 +481,16 @@ pub fn notify_replay(args: NotifyReplayArgs) -> Result<String, CliError> {
             })
         }
         Err(error) => Err(error.into()),
+    }
+}
+
+/// Push runs on SQLite only (docs/scaling.md): its tools refuse a PostgreSQL URL rather
+/// than create a file named like one.
+fn refuse_postgres(db: &std::path::Path) -> Result<(), CliError> {
+    match store::postgres_url(db) {
+        Some(_) => Err(CliError::Store(StoreError::Unavailable(
+            "push (and `entitled notify`) runs on the SQLite store only for now".into(),
+        ))),
+        None => Ok(()),
     }
 }

@@ -28,12 +28,17 @@ pub enum Command {
     Serve(ServeArgs),
     /// Recompute the entitlements from the event log (after changing --event-names,
     /// --product-levels or --sandbox), in one transaction. Refuses while a daemon runs
-    /// on the file: its in-memory index would not know.
+    /// on the SQLite file (its in-memory index would not know); on PostgreSQL it runs
+    /// beside the instances, which follow what it writes.
     Rebuild(RebuildArgs),
     /// Backfill from JSON Lines of webhook bodies: the same validation, dedup and
     /// folding as the endpoint; re-running it is harmless. Refuses while a daemon runs
-    /// on the file.
+    /// on the SQLite file; on PostgreSQL it runs beside the instances.
     Import(ImportArgs),
+    /// Move an installation from its SQLite file to PostgreSQL: copies the event log
+    /// (and the feed, profiles, entitlements), then rebuilds there. Re-running it copies
+    /// only what is new; safe beside the daemon that writes the file.
+    Migrate(MigrateArgs),
     /// The access answer from the database file, without a running daemon.
     Access(AccessArgs),
     /// A profile's event timeline, one line per event, with the effect each had.
@@ -262,6 +267,34 @@ pub struct EventsArgs {
 fn instant(value: &str) -> Result<crate::timestamp::Timestamp, String> {
     crate::adapty::datetime::parse(value)
         .ok_or_else(|| format!("'{value}' is not a datetime such as 2031-03-05T09:10:11Z"))
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// The SQLite file to copy from (read only).
+    #[arg(long)]
+    pub from: PathBuf,
+
+    /// The PostgreSQL database to copy to: a `postgres://` or `postgresql://` URL.
+    #[arg(long, value_parser = postgres_url_arg)]
+    pub to: String,
+
+    #[command(flatten)]
+    pub projection: ProjectionArgs,
+
+    /// No progress bar (it is drawn only on a terminal anyway).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn postgres_url_arg(value: &str) -> Result<String, String> {
+    if crate::store::postgres::is_url(value) {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "'{value}' is not a postgres:// or postgresql:// URL"
+        ))
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -48,6 +48,13 @@ fn main() -> ExitCode {
             }
             Err(error) => fail(error),
         },
+        Command::Migrate(args) => match entitled::cli::migrate(args) {
+            Ok(copied) => {
+                println!("migrated: {copied}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(error),
+        },
         Command::Access(args) => {
             entitled::cli::access(args).map_or_else(fail, |()| ExitCode::SUCCESS)
         }

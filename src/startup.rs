@@ -10,7 +10,7 @@ use crate::notify::{self, Notifier};
 use crate::refresh::{lapse, AdaptyApi, Refresher};
 use crate::status::Status;
 use crate::store;
-use crate::store::postgres::{self as pg, follow, reader::PgReader};
+use crate::store::postgres::{self as pg, reader::PgReader};
 use crate::store::reader::{Reader, SqliteReader};
 use crate::store::writer::{self, Queue, Writer, WriterHandle};
 use crate::telemetry;
@@ -353,8 +353,7 @@ const POSTGRES_POOL: u32 = 6;
 
 /// The `--db` URL, when it names PostgreSQL.
 fn postgres_url(args: &ServeArgs) -> Option<String> {
-    let db = args.store.db.to_str()?;
-    pg::is_url(db).then(|| db.to_owned())
+    store::postgres_url(&args.store.db).map(str::to_owned)
 }
 
 /// `entitled serve` on PostgreSQL: the same steps as on SQLite, with the store's
@@ -378,29 +377,24 @@ async fn serve_on_postgres(url: String, args: ServeArgs) -> Result<(), ServeErro
     stop_on_signal(state.status.clone(), server.handle.clone());
     tracing::info!(addr = %server.addr, db = %pg::redact(&url), "listening; warming the index from PostgreSQL");
     let started = Instant::now();
-    let (index, status, warm_pool) = (state.index.clone(), state.status.clone(), pool.clone());
-    let follower = match blocking(move || follow::warm(&warm_pool, &url, index, status)).await {
-        Ok(follower) => follower,
-        Err(error) => {
-            server.handle.stop(false).await;
-            return Err(error);
-        }
-    };
+    let (index, status) = (state.index.clone(), state.status.clone());
+    let (rules, decode) = (state.rules.clone(), Arc::new(state.decoder.clone()));
+    let lapses = lapse_checks(&state, &args);
+    let writer_thread =
+        match blocking(move || pg::start(&pool, &url, index, status, rules, decode, lapses, queue))
+            .await
+        {
+            Ok(thread) => thread,
+            Err(error) => {
+                server.handle.stop(false).await;
+                return Err(error);
+            }
+        };
     tracing::info!(
         profiles = state.index.profile_count(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "index warmed"
     );
-    let writer = pg::writer::Writer {
-        pool,
-        status: state.status.clone(),
-        rules: state.rules.clone(),
-        decode: Arc::new(state.decoder.clone()),
-        follower: follower.waiter(),
-        lapses: lapse_checks(&state, &args),
-    };
-    let writer_thread = writer.start(queue)?;
-    follower.start()?;
     state.status.set_warmed();
     tick_every_second(state.writer.clone());
     announce(server.addr)?;

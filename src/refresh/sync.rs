@@ -118,6 +118,29 @@ pub fn sync(args: SyncArgs) -> Result<SyncSummary, SyncError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    // On PostgreSQL this command is one more writer beside the running instances (their
+    // followers pick its writes up): no daemon to go through.
+    if let Some(url) = store::postgres_url(&args.store.db) {
+        let pool = store::postgres::open(url, 3)?;
+        let index = Arc::new(Index::new());
+        let (handle, queue) = writer::queue();
+        let thread = store::postgres::start(
+            &pool,
+            url,
+            index.clone(),
+            Arc::new(Status::new()),
+            Arc::new(args.projection.rules()),
+            Arc::new(Decoder::new(args.projection.event_names.clone())),
+            None,
+            queue,
+        )?;
+        let refresher = Arc::new(Refresher::new(api, handle.clone(), index));
+        let summary = runtime.block_on(run(ids, Via::Itself(refresher), &args));
+        handle.stop_blocking();
+        drop(handle);
+        let _ = thread.join();
+        return summary;
+    }
     match store::open(&args.store.db, args.store.synchronous.into()) {
         Ok((conn, _lock)) => {
             let index = Arc::new(Index::new());

@@ -54,6 +54,12 @@ pub use warm::{
 
 use std::time::Duration;
 
+/// The `--db` value as a PostgreSQL URL, when it is one (`postgres://`, `postgresql://`);
+/// anything else is a SQLite file.
+pub fn postgres_url(db: &std::path::Path) -> Option<&str> {
+    db.to_str().filter(|db| postgres::is_url(db))
+}
+
 /// The schema, as people read it at the repo root.
 pub const SCHEMA: &str = include_str!("../../schema.sql");
 /// `PRAGMA application_id` of an entitled database ("entd").

@@ -49,6 +49,30 @@ pub trait Reader: Send + Sync {
     /// How many bytes the store takes on disk (the database file and its WAL), for
     /// `/metrics`; 0 when unknown.
     fn disk_bytes(&self) -> u64;
+
+    /// The profiles that carry `customer_user_id` now, sorted (`entitled access --user`).
+    fn profiles_of_user(&self, customer_user_id: &str) -> Result<Vec<String>, StoreError>;
+
+    /// These profiles as the table holds them now (`entitled access`).
+    fn index_now(&self, profile_ids: &[String]) -> Result<Index, StoreError>;
+}
+
+/// The reader of `--db`: PostgreSQL for a `postgres://` URL, else the SQLite file (which
+/// must exist). For the read-only tools (`access`, `events`), safe beside running
+/// daemons.
+pub fn open_reader(
+    db: &Path,
+    decoder: Decoder,
+    rules: Arc<Rules>,
+) -> Result<Box<dyn Reader>, StoreError> {
+    match db.to_str().filter(|db| super::postgres::is_url(db)) {
+        Some(url) => Ok(Box::new(super::postgres::reader::PgReader::new(
+            super::postgres::pool(url, 2)?,
+            decoder,
+            rules,
+        ))),
+        None => Ok(Box::new(SqliteReader::open(db, decoder, rules)?)),
+    }
 }
 
 /// At most this many read connections at once: reads are rare (time travel, explain,
@@ -126,6 +150,14 @@ impl Reader for SqliteReader {
         limit: u32,
     ) -> Result<Vec<AccessChange>, StoreError> {
         self.with(|conn| changes_after(conn, after, up_to, limit))
+    }
+
+    fn profiles_of_user(&self, customer_user_id: &str) -> Result<Vec<String>, StoreError> {
+        self.with(|conn| history::profiles_of_user(conn, customer_user_id))
+    }
+
+    fn index_now(&self, profile_ids: &[String]) -> Result<Index, StoreError> {
+        self.with(|conn| history::index_now(conn, profile_ids))
     }
 
     fn disk_bytes(&self) -> u64 {

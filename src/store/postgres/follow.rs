@@ -41,6 +41,15 @@ pub struct Pending {
     pub since: Instant,
 }
 
+impl Pending {
+    /// Sends the answers now.
+    pub fn answer(self) {
+        for (reply, answer) in self.replies {
+            let _ = reply.send(answer);
+        }
+    }
+}
+
 enum Wake {
     Committed(Pending),
     Notified,
@@ -57,9 +66,7 @@ impl Waiter {
             self.0.send(Wake::Committed(pending))
         {
             // No follower (stopping): the commits stand; answer now.
-            for (reply, answer) in pending.replies {
-                let _ = reply.send(answer);
-            }
+            pending.answer();
         }
     }
 
@@ -159,7 +166,7 @@ impl Marks {
     }
 }
 
-fn level_change(row: &postgres::Row) -> Result<Change, StoreError> {
+pub(super) fn level_change(row: &postgres::Row) -> Result<Change, StoreError> {
     let row = entitlement_row(row)?;
     Ok(Change::Level {
         profile_id: Arc::from(row.profile_id),
@@ -168,7 +175,7 @@ fn level_change(row: &postgres::Row) -> Result<Change, StoreError> {
     })
 }
 
-fn user_change(row: &postgres::Row) -> Change {
+pub(super) fn user_change(row: &postgres::Row) -> Change {
     Change::CustomerUserId {
         profile_id: Arc::from(row.get::<_, &str>(0)),
         customer_user_id: Arc::from(row.get::<_, &str>(1)),
@@ -241,11 +248,7 @@ impl Follower {
     /// transaction wrote nothing (or failed).
     fn take(&self, wake: Wake, pending: &mut Vec<Pending>) {
         match wake {
-            Wake::Committed(p) if p.xid.is_none() => {
-                for (reply, answer) in p.replies {
-                    let _ = reply.send(answer);
-                }
-            }
+            Wake::Committed(p) if p.xid.is_none() => p.answer(),
             Wake::Committed(p) => pending.push(p),
             Wake::Notified => {}
         }

@@ -22,6 +22,7 @@
 //! profile (with every profile it shares access with) from the log, so whatever
 //! instance stores an event, the rows are `project()` of the stored set.
 
+pub mod copy;
 pub mod follow;
 pub mod reader;
 pub mod writer;
@@ -83,6 +84,37 @@ pub fn open(url: &str, size: u32) -> Result<Pool, StoreError> {
     let mut client = checkout(&pool)?;
     schema::migrate(&mut client, &redact(url))?;
     Ok(pool)
+}
+
+/// Warms `index` from the database and starts this process's writer on `queue` and
+/// the follower that keeps `index` on what every instance commits: what `serve`,
+/// `import` and `sync` run on PostgreSQL. Returns the writer's thread (it stops, after
+/// committing what was sent, at the queue's `Stop`).
+#[allow(clippy::too_many_arguments)]
+pub fn start(
+    pool: &Pool,
+    url: &str,
+    index: Arc<crate::index::Index>,
+    status: Arc<crate::status::Status>,
+    rules: Arc<crate::projection::Rules>,
+    decode: Arc<dyn super::writer::Decode>,
+    lapses: Option<tokio::sync::mpsc::UnboundedSender<super::Lapse>>,
+    queue: super::writer::Queue,
+) -> Result<std::thread::JoinHandle<()>, StoreError> {
+    let thread_error = |e: std::io::Error| StoreError::Unavailable(format!("a thread: {e}"));
+    let follower = follow::warm(pool, url, index, status.clone())?;
+    let writer = writer::Writer {
+        pool: pool.clone(),
+        status,
+        rules,
+        decode,
+        follower: Some(follower.waiter()),
+        lapses,
+    }
+    .start(queue)
+    .map_err(thread_error)?;
+    follower.start().map_err(thread_error)?;
+    Ok(writer)
 }
 
 /// A connection from the pool, or why there is none (the database is unreachable).

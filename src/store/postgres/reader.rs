@@ -1,6 +1,6 @@
 //! [`Reader`] on PostgreSQL: time travel, explain and the change feed, on the pool.
 
-use super::{changes_after, checkout, Pool};
+use super::{changes_after, checkout, Pool, ENTITLEMENT_COLUMNS};
 use crate::adapty::Decoder;
 use crate::index::Index;
 use crate::projection::Rules;
@@ -129,6 +129,35 @@ impl Reader for PgReader {
         limit: u32,
     ) -> Result<Vec<AccessChange>, StoreError> {
         changes_after(&mut *checkout(&self.pool)?, after, up_to, limit)
+    }
+
+    fn profiles_of_user(&self, customer_user_id: &str) -> Result<Vec<String>, StoreError> {
+        let rows = checkout(&self.pool)?.query(
+            "SELECT profile_id FROM profiles WHERE customer_user_id = $1 ORDER BY profile_id",
+            &[&customer_user_id],
+        )?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn index_now(&self, profile_ids: &[String]) -> Result<Index, StoreError> {
+        let mut client = checkout(&self.pool)?;
+        let index = Index::new();
+        let mut changes = Vec::new();
+        for row in client.query(
+            &format!("SELECT {ENTITLEMENT_COLUMNS} FROM entitlements WHERE profile_id = ANY($1)"),
+            &[&profile_ids],
+        )? {
+            changes.push(super::follow::level_change(&row)?);
+        }
+        for row in client.query(
+            "SELECT profile_id, customer_user_id FROM profiles \
+             WHERE profile_id = ANY($1) AND customer_user_id IS NOT NULL",
+            &[&profile_ids],
+        )? {
+            changes.push(super::follow::user_change(&row));
+        }
+        index.apply(changes);
+        Ok(index)
     }
 
     /// The database's size as PostgreSQL counts it (0 while unreachable).

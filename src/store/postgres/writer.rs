@@ -39,7 +39,9 @@ pub struct Writer {
     pub status: Arc<Status>,
     pub rules: Arc<Rules>,
     pub decode: Arc<dyn Decode>,
-    pub follower: Waiter,
+    /// The follower that answers once the index shows a commit; `None` (a tool with no
+    /// index): answer at commit.
+    pub follower: Option<Waiter>,
     /// Where levels that lapsed while set to renew go once committed (when this
     /// instance's clock wrote their `expired` row).
     pub lapses: Option<tokio::sync::mpsc::UnboundedSender<Lapse>>,
@@ -135,11 +137,15 @@ impl Writer {
                 (ingest.reply, answer)
             })
             .collect();
-        self.follower.answer_when_shown(Pending {
+        let pending = Pending {
             xid: xids.into_iter().max(),
             replies,
             since: Instant::now(),
-        });
+        };
+        match &self.follower {
+            Some(follower) => follower.answer_when_shown(pending),
+            None => pending.answer(),
+        }
     }
 
     /// One transaction, tried again when PostgreSQL broke a deadlock by failing it.
@@ -186,8 +192,8 @@ impl Writer {
         };
         match ingest::report_clock(conn, Timestamp::now()) {
             Ok((lapses, xid)) => {
-                if xid.is_some() {
-                    self.follower.wake();
+                if let (Some(follower), Some(_)) = (&self.follower, xid) {
+                    follower.wake();
                 }
                 if let Some(to) = &self.lapses {
                     for lapse in lapses {
