@@ -112,8 +112,8 @@ impl Status {
         }
     }
 
-    /// `Ok` when the database is open and its last write succeeded and the index is
-    /// warm; otherwise why not.
+    /// `Ok` when the database is open, its last write (and, on PostgreSQL, the follower's
+    /// last read) succeeded, and the index is warm; otherwise why not.
     pub fn readiness(&self) -> Result<(), String> {
         if self.is_stopped() {
             return Err("shutting down".into());
@@ -126,7 +126,7 @@ impl Status {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
         {
-            Some(failure) => Err(format!("the last write failed: {failure}")),
+            Some(failure) => Err(format!("the store failed: {failure}")),
             None => Ok(()),
         }
     }

@@ -224,8 +224,7 @@ impl Follower {
                         tracing::error!(%error, "cannot read PostgreSQL; the index keeps what it holds");
                         failing = true;
                     }
-                    self.status
-                        .record_failure(format!("cannot read PostgreSQL: {error}"));
+                    self.status.record_failure(error.to_string());
                     client = None;
                 }
             }

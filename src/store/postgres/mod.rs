@@ -54,8 +54,10 @@ pub fn is_url(db: &str) -> bool {
     db.starts_with("postgres://") || db.starts_with("postgresql://")
 }
 
-/// How long a connection may take to open, and a caller to wait for one from the pool.
-const CONNECT_WITHIN: Duration = Duration::from_secs(5);
+/// How long a connection may take to open, and a caller to wait for one from the pool:
+/// short, so that while PostgreSQL is down a webhook hears 503 well within its own
+/// deadline (8 s) and Adapty retries.
+const CONNECT_WITHIN: Duration = Duration::from_secs(3);
 
 /// A pool of at most `size` connections to `url`. Opens none: an unreachable database
 /// is an error of the first use, not of start-up, so a daemon can start (and answer
@@ -120,7 +122,7 @@ pub fn start(
 /// A connection from the pool, or why there is none (the database is unreachable).
 pub fn checkout(pool: &Pool) -> Result<Client, StoreError> {
     pool.get()
-        .map_err(|e| StoreError::Unavailable(format!("PostgreSQL: {e}")))
+        .map_err(|e| StoreError::Unavailable(format!("no connection to PostgreSQL: {e}")))
 }
 
 /// The URL without its password, for messages and logs.
