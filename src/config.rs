@@ -370,11 +370,13 @@ pub struct ServeArgs {
 /// Where the database is and how hard it holds on to a commit.
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
-    /// The SQLite file; created with schema.sql when missing.
+    /// The SQLite file; created with schema.sql when missing. A `postgres://` or
+    /// `postgresql://` URL selects PostgreSQL instead (schema.postgres.sql; several
+    /// instances may share it: docs/scaling.md).
     #[arg(long, env = "ENTITLED_DB", default_value = "entitled.db")]
     pub db: PathBuf,
 
-    /// SQLite `synchronous`. `full` (default) survives power loss with every
+    /// SQLite `synchronous` (ignored on PostgreSQL). `full` (default) survives power loss with every
     /// acknowledged event; `normal` survives a crash of the process but may lose the
     /// last commits on power loss, and Adapty never resends what we acknowledged.
     #[arg(long, env = "ENTITLED_SYNCHRONOUS", value_enum, default_value_t = Synchronous::Full)]
