@@ -24,6 +24,7 @@ use crate::status::Status;
 use crate::store::writer::Reply;
 use crate::store::StoreError;
 use crate::timestamp::Timestamp;
+use postgres::fallible_iterator::FallibleIterator;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -107,22 +108,32 @@ pub fn warm(
             &[],
         )?
         .get(0);
-    let mut changes = Vec::new();
-    for row in tx.query(
-        &format!("SELECT {ENTITLEMENT_COLUMNS} FROM entitlements"),
-        &[],
-    )? {
+    // Streamed, and applied a chunk at a time: a million rows are never all in memory.
+    const CHUNK: usize = 10_000;
+    let no_params: [&(dyn postgres::types::ToSql + Sync); 0] = [];
+    let mut changes = Vec::with_capacity(CHUNK);
+    let sql = format!("SELECT {ENTITLEMENT_COLUMNS} FROM entitlements");
+    let mut rows = tx.query_raw(&sql, no_params)?;
+    while let Some(row) = rows.next()? {
         changes.push(level_change(&row)?);
+        if changes.len() == CHUNK {
+            index.apply(changes.drain(..));
+        }
     }
-    for row in tx.query(
-        "SELECT profile_id, customer_user_id FROM profiles WHERE customer_user_id IS NOT NULL",
-        &[],
-    )? {
+    drop(rows);
+    let users =
+        "SELECT profile_id, customer_user_id FROM profiles WHERE customer_user_id IS NOT NULL";
+    let mut rows = tx.query_raw(users, no_params)?;
+    while let Some(row) = rows.next()? {
         changes.push(user_change(&row));
+        if changes.len() == CHUNK {
+            index.apply(changes.drain(..));
+        }
     }
+    drop(rows);
+    index.apply(changes);
     let marks = Marks::read(&mut tx)?;
     tx.commit()?;
-    index.apply(changes);
     marks.record(&status);
     let (to, wakes) = mpsc::channel();
     Ok(Follower {
@@ -316,7 +327,6 @@ impl Follower {
 /// Wakes the follower at every commit any instance notifies; reconnects after an error.
 fn listen(url: &str, waiter: &Waiter) {
     loop {
-        use postgres::fallible_iterator::FallibleIterator;
         let listened = (|| -> Result<(), postgres::Error> {
             let mut client = url.parse::<postgres::Config>()?.connect(postgres::NoTls)?;
             client.batch_execute(&format!("LISTEN {}", super::ingest::CHANNEL))?;
