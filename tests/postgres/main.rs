@@ -3,7 +3,7 @@
 //! database of its own on a server the harness starts itself (tests/api/pg_server.rs;
 //! `.ci/run` installs Debian's `postgresql` when its programs are missing). helpers.rs
 //! reads [`POSTGRES`] to pass `--db postgres://…` and to read rows over the `postgres`
-//! client with the same SQL.
+//! client with the same SQL. Beside them, multi.rs: several daemons on one database.
 //!
 //! Included: the suites that test behaviour over HTTP: adapty_api, auth, changes,
 //! config, durability, events, expiry, history, hostile, malformed, ordering, security,
@@ -54,6 +54,8 @@ macro_rules! postgres_only {
 mod fake_adapty;
 #[path = "../api/helpers.rs"]
 mod helpers;
+#[path = "../api/multi.rs"]
+mod multi;
 #[path = "../api/pg_server.rs"]
 mod pg_server;
 #[path = "../api/receiver.rs"]
