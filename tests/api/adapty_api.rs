@@ -7,9 +7,9 @@
 //!   answer in the body with its source), folded as an authoritative snapshot: a
 //!   listed level is active until `expires_at` (null: lifetime) and from `starts_at`;
 //!   an unlisted one ends; an older webhook does not override it, a newer one amends;
-//! - `entitled sync`: a 1,000-user backfill on a stopped file, beside a running daemon
-//!   (through its refresh routes), its summary and exit codes (0, 1 with the failed
-//!   ids, 2 at once on 401), re-runs that change nothing;
+//! - `entitled sync`: a 1,000-user backfill on a stopped database, beside a running
+//!   daemon (through its refresh routes), its summary and exit codes (0, 1 with the
+//!   failed ids, 2 at once on 401), re-runs that change nothing;
 //! - `POST /profiles/{id}/refresh`, `POST /users/{cuid}/refresh` and their errors
 //!   (501 `adapty_api_off`, 404 `unknown_to_adapty`, 502 `adapty_unauthorized` /
 //!   `adapty_unavailable`), 429 waited out, 5xx retried;
@@ -23,7 +23,6 @@ use crate::fake_adapty::{FakeAdapty, Fault, Level, Request};
 use crate::helpers::*;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use std::path::Path;
 use std::time::{Duration as StdDuration, Instant};
 
 // ---- helpers ------------------------------------------------------------------------
@@ -200,29 +199,35 @@ struct Stored {
     body: Value,
 }
 
-/// The snapshot events of a profile in the file, in arrival order.
+/// The snapshot events of a profile in the database, in arrival order.
 fn snapshots(daemon: &Daemon, profile_id: &str) -> Vec<Stored> {
-    let conn = daemon.sqlite();
-    let mut stmt = conn
-        .prepare(
-            "SELECT profile_event_id, event_type, canonical_type, event_datetime, body \
-             FROM events WHERE profile_id = ?1 AND event_type = 'adapty_api_snapshot' \
-             ORDER BY seq",
-        )
-        .expect("a query");
-    let rows = stmt
-        .query_map([profile_id], |r| {
-            let body: String = r.get(4)?;
-            Ok(Stored {
-                profile_event_id: r.get(0)?,
-                event_type: r.get(1)?,
-                canonical_type: r.get(2)?,
-                event_datetime: r.get(3)?,
-                body: serde_json::from_str(&body).unwrap_or(Value::String(body)),
-            })
+    let sql = "SELECT profile_event_id, event_type, canonical_type, event_datetime, body \
+               FROM events WHERE profile_id = ?1 AND event_type = 'adapty_api_snapshot' \
+               ORDER BY seq";
+    daemon
+        .rows(sql, &[profile_id])
+        .into_iter()
+        .map(|r| {
+            let text = |v: &Value| {
+                v.as_str()
+                    .unwrap_or_else(|| panic!("{sql}: {r:?}"))
+                    .to_owned()
+            };
+            Stored {
+                profile_event_id: text(&r[0]),
+                event_type: text(&r[1]),
+                canonical_type: r[2].as_str().map(str::to_owned),
+                event_datetime: text(&r[3]),
+                // Text in SQLite; kept as it came if a column holds JSON itself.
+                body: match &r[4] {
+                    Value::String(body) => {
+                        serde_json::from_str(body).unwrap_or(Value::String(body.clone()))
+                    }
+                    other => other.clone(),
+                },
+            }
         })
-        .expect("rows");
-    rows.map(|r| r.expect("a row")).collect()
+        .collect()
 }
 
 /// The stored event is exactly the snapshot of Adapty's answer to `request`.
@@ -274,12 +279,8 @@ fn run(args: &[String], env: &[(&str, &str)], stdin: Option<Vec<u8>>) -> Run {
 }
 
 /// `sync --db DB --adapty-secret-key K --adapty-api-url URL EXTRA…`.
-fn sync_args(db: &Path, fake: &FakeAdapty, extra: &[&str]) -> Vec<String> {
-    let mut args = vec![
-        "sync".to_owned(),
-        "--db".to_owned(),
-        db.display().to_string(),
-    ];
+fn sync_args(db: &str, fake: &FakeAdapty, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["sync".to_owned(), "--db".to_owned(), db.to_owned()];
     args.extend(adapty_flags(fake));
     args.extend(extra.iter().map(|a| a.to_string()));
     args
@@ -981,7 +982,7 @@ async fn sync_backfills_a_thousand_users_on_a_stopped_database_and_a_rerun_chang
     std::fs::write(&ids_file, ids).expect("the id file");
     let ids_path = ids_file.display().to_string();
     let args = sync_args(
-        &daemon.db(),
+        &daemon.db_arg(),
         &fake,
         &[
             "--customer-user-ids",
@@ -1099,7 +1100,7 @@ async fn sync_beside_a_running_daemon_updates_its_answers_without_a_restart() {
     let args: Vec<String> = [
         "sync",
         "--db",
-        &daemon.db().display().to_string(),
+        &daemon.db_arg(),
         "--profile-ids",
         "-",
         "--customer-user-ids",
@@ -1185,7 +1186,7 @@ async fn sync_counts_unknown_and_failed_ids_lists_the_failed_and_exits_1() {
     fake.fail_next("sf-down-7f3a", 10_000, Fault::ServerError);
     let daemon = stopped_database(&[]);
     let args = sync_args(
-        &daemon.db(),
+        &daemon.db_arg(),
         &fake,
         &["--profile-ids", "-", "--concurrency", "2", "--rate", "50"],
     );
@@ -1248,7 +1249,7 @@ async fn sync_stops_at_once_with_exit_2_when_adapty_refuses_the_key() {
     fake.set_unauthorized(true);
     let daemon = stopped_database(&[]);
     let args = sync_args(
-        &daemon.db(),
+        &daemon.db_arg(),
         &fake,
         &["--profile-ids", "-", "--concurrency", "4", "--rate", "100"],
     );
@@ -1726,7 +1727,7 @@ async fn the_secret_key_never_reaches_the_logs_or_help() {
     );
 
     // `entitled sync` at trace, on the stopped file.
-    let args = sync_args(&daemon.db(), &fake, &["--profile-ids", "-"]);
+    let args = sync_args(&daemon.db_arg(), &fake, &["--profile-ids", "-"]);
     let result = run(
         &args,
         &[("RUST_LOG", "trace")],

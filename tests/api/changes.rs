@@ -3,7 +3,7 @@
 //! it; events that flip nothing report nothing; the cursor pages through it; a long
 //! poll wakes when a change commits; and restarts (SIGTERM and kill -9) neither lose,
 //! repeat nor hide a change. Each test drives the real daemon over HTTP and compares
-//! what the feed says with the table in the SQLite file.
+//! what the feed says with the table in the database.
 
 use crate::helpers::*;
 use serde_json::{json, Value};
@@ -46,26 +46,27 @@ fn seq(change: &Value) -> i64 {
 type Row = (i64, String, String, bool, String, Option<String>);
 
 fn table(daemon: &Daemon) -> Vec<Row> {
-    let conn = daemon.sqlite();
-    let mut stmt = conn
-        .prepare(
-            "SELECT seq, profile_id, access_level_id, active, reason, profile_event_id \
-             FROM access_changes ORDER BY seq",
-        )
-        .expect("a query");
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
+    let sql = "SELECT seq, profile_id, access_level_id, active, reason, profile_event_id \
+               FROM access_changes ORDER BY seq";
+    daemon
+        .rows(sql, &[])
+        .into_iter()
+        .map(|r| {
+            let text = |v: &Value| {
+                v.as_str()
+                    .unwrap_or_else(|| panic!("{sql}: {r:?}"))
+                    .to_owned()
+            };
+            (
+                r[0].as_i64().unwrap_or_else(|| panic!("{sql}: {r:?}")),
+                text(&r[1]),
+                text(&r[2]),
+                truthy(&r[3]),
+                text(&r[4]),
+                r[5].as_str().map(str::to_owned),
+            )
         })
-        .expect("rows");
-    rows.map(|r| r.expect("a row")).collect()
+        .collect()
 }
 
 /// The feed's answer in the table's shape.

@@ -43,16 +43,15 @@ async fn renamed_events_act_as_their_canonical_names() {
     assert_eq!(level["is_refund"], json!(true), "{level}");
 
     // The log keeps the name as received and the canonical one.
-    let (received, canonical): (String, Option<String>) = daemon
-        .sqlite()
-        .query_row(
-            "SELECT event_type, canonical_type FROM events WHERE profile_event_id = ?1",
-            [renewal.event_id()],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .expect("the renewal row");
-    assert_eq!(received, "my_renewal");
-    assert_eq!(canonical.as_deref(), Some("subscription_renewed"));
+    let rows = daemon.rows(
+        "SELECT event_type, canonical_type FROM events WHERE profile_event_id = ?1",
+        &[&renewal.event_id()],
+    );
+    assert_eq!(
+        rows,
+        vec![vec![json!("my_renewal"), json!("subscription_renewed")]],
+        "the renewal row"
+    );
 
     // The canonical names still work beside the custom ones.
     daemon

@@ -1,6 +1,13 @@
 //! Test support: the real `entitled` binary as a child process (random port, database
-//! in a temporary directory), an HTTP client whose assertions show status and body,
-//! read-only access to the SQLite file, and Adapty-shaped payload builders.
+//! in a temporary directory, or on PostgreSQL), an HTTP client whose assertions show
+//! status and body, read-only access to the stored rows, and Adapty-shaped payload
+//! builders.
+//!
+//! Two test binaries include this file: `api` (its daemons on SQLite) and `postgres`
+//! (the same suites, their daemons on PostgreSQL); `crate::POSTGRES` says which. On
+//! PostgreSQL each daemon gets a database of its own on the harness's server
+//! (`pg_server.rs`), and the row readers (`count`, `rows`, `stored_ids`, …) query it
+//! with the same SQL; reading the SQLite file (`sqlite`, `db`) panics there.
 
 #![allow(dead_code)]
 
@@ -42,7 +49,10 @@ pub struct Daemon {
     child: Option<Child>,
     /// `http://127.0.0.1:PORT`, as the listening line said.
     pub base: String,
+    /// Its logs, and its SQLite file unless it is elsewhere (see `store`).
     dir: PathBuf,
+    /// Its database: the same on every start.
+    store: Store,
     _temp: tempfile::TempDir,
     args: Vec<String>,
     /// Environment variables of every start; nothing else `RUST_LOG`- or
@@ -50,6 +60,43 @@ pub struct Daemon {
     env: Vec<(String, String)>,
     starts: u32,
     pub client: reqwest::Client,
+}
+
+/// Where a daemon keeps its data.
+#[derive(Clone, Debug)]
+enum Store {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database; `owned`: made for this daemon, dropped with it.
+    Postgres { url: String, owned: bool },
+}
+
+impl Store {
+    /// What `--db` takes: `postgres://` or `postgresql://` is PostgreSQL, anything
+    /// else a SQLite path (the daemon's rule).
+    fn parse(db: &str) -> Store {
+        if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+            Store::Postgres {
+                url: db.to_owned(),
+                owned: false,
+            }
+        } else {
+            Store::Sqlite(PathBuf::from(db))
+        }
+    }
+
+    /// This binary's store for a daemon with its files in `dir`: a new database on
+    /// the shared PostgreSQL server, or `dir/entitled.db`.
+    fn default_in(dir: &Path) -> Store {
+        if crate::POSTGRES {
+            Store::Postgres {
+                url: crate::pg_server::shared().fresh_database(),
+                owned: true,
+            }
+        } else {
+            Store::Sqlite(dir.join("entitled.db"))
+        }
+    }
 }
 
 fn temp_dir() -> tempfile::TempDir {
@@ -68,7 +115,35 @@ impl Daemon {
     /// The same, with environment variables set (`RUST_LOG`, `ENTITLED_*`).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let temp = temp_dir();
-        Self::launch(temp.path().to_owned(), temp, args, env)
+        Self::launch(temp.path().to_owned(), temp, args, env, None)
+    }
+
+    /// Starts the daemon on the database `db` (`--db`: a `postgres://` URL or a SQLite
+    /// path) that the test made and keeps; its logs go to a new temporary directory.
+    pub fn start_on(db: &str, args: &[&str]) -> Daemon {
+        let temp = temp_dir();
+        Self::launch(
+            temp.path().to_owned(),
+            temp,
+            args,
+            &[],
+            Some(Store::parse(db)),
+        )
+    }
+
+    /// Starts a second daemon on `other`'s database, beside it (two instances behind
+    /// one load balancer). PostgreSQL only: two daemons on one SQLite file is not a
+    /// supported deployment, and this panics. `other` owns the database (it is dropped
+    /// with `other`): keep `other` alive, running or not, while this one runs.
+    pub fn start_beside(other: &Daemon, args: &[&str]) -> Daemon {
+        match &other.store {
+            Store::Postgres { url, .. } => Self::start_on(&url.clone(), args),
+            Store::Sqlite(path) => panic!(
+                "start_beside: {} is a SQLite file, and two daemons on one SQLite file is \
+                 not supported (only the postgres test binary runs instances side by side)",
+                path.display()
+            ),
+        }
     }
 
     fn launch(
@@ -76,6 +151,7 @@ impl Daemon {
         temp: tempfile::TempDir,
         args: &[&str],
         env: &[(&str, &str)],
+        store: Option<Store>,
     ) -> Daemon {
         let owned = |pairs: &[(&str, &str)]| {
             pairs
@@ -83,10 +159,12 @@ impl Daemon {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect()
         };
+        let store = store.unwrap_or_else(|| Store::default_in(&dir));
         let mut daemon = Daemon {
             child: None,
             base: String::new(),
             dir,
+            store,
             _temp: temp,
             args: args.iter().map(|a| a.to_string()).collect(),
             env: owned(env),
@@ -101,9 +179,29 @@ impl Daemon {
         &self.dir
     }
 
-    /// The database file.
+    /// The SQLite database file. Panics on PostgreSQL, which has no file: give
+    /// [`Daemon::db_arg`] to the CLI, and read rows with `count`, `rows` and the like.
     pub fn db(&self) -> PathBuf {
-        self.dir.join("entitled.db")
+        match &self.store {
+            Store::Sqlite(path) => path.clone(),
+            Store::Postgres { url, .. } => panic!(
+                "this daemon's database is on PostgreSQL ({url}): there is no SQLite file \
+                 (db_arg() is its --db; a test that needs the file belongs in sqlite_only!)"
+            ),
+        }
+    }
+
+    /// Its `--db` value: the SQLite path, or the PostgreSQL URL.
+    pub fn db_arg(&self) -> String {
+        match &self.store {
+            Store::Sqlite(path) => path.display().to_string(),
+            Store::Postgres { url, .. } => url.clone(),
+        }
+    }
+
+    /// Whether its database is on PostgreSQL.
+    pub fn on_postgres(&self) -> bool {
+        matches!(self.store, Store::Postgres { .. })
     }
 
     /// Everything the daemon wrote on stderr, over all its starts.
@@ -121,11 +219,15 @@ impl Daemon {
         self.starts += 1;
         let stderr = std::fs::File::create(self.dir.join(format!("stderr-{}.log", self.starts)))
             .expect("a log file");
+        let db: std::ffi::OsString = match &self.store {
+            Store::Sqlite(path) => path.into(),
+            Store::Postgres { url, .. } => url.into(),
+        };
         let mut child = entitled()
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .arg("--db")
-            .arg(self.db())
+            .arg(db)
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -313,7 +415,14 @@ impl Daemon {
     // ---- the database ----------------------------------------------------------------
 
     /// A read-only connection to the daemon's file, as a person's `sqlite3` would be.
+    /// Panics on PostgreSQL (see [`Daemon::db`]).
     pub fn sqlite(&self) -> rusqlite::Connection {
+        if let Store::Postgres { url, .. } = &self.store {
+            panic!(
+                "sqlite(): this daemon's database is on PostgreSQL ({url}), not a SQLite \
+                 file: read it with count/rows/stored_ids, or wrap the test in sqlite_only!"
+            );
+        }
         let conn = rusqlite::Connection::open_with_flags(
             self.db(),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -326,9 +435,41 @@ impl Daemon {
 
     /// `SELECT count(*) …` (or any one-integer query).
     pub fn count(&self, sql: &str) -> i64 {
+        if let Store::Postgres { url, .. } = &self.store {
+            let rows = pg_rows(url, sql, &[]);
+            return rows
+                .first()
+                .and_then(|row| row.first())
+                .and_then(Value::as_i64)
+                .unwrap_or_else(|| panic!("{sql}: not one integer: {rows:?}"));
+        }
         self.sqlite()
             .query_row(sql, [], |row| row.get(0))
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Every row of a query, each column as JSON: NULL, an integer or a float, text
+    /// (a blob or `bytea` as lossy text); on PostgreSQL also a bool, a `json`/`jsonb`
+    /// value, and a timestamp in the daemon's output shape ([`out_time`]).
+    /// `params` bind `?1`, `?2`, … (`$1`, … on PostgreSQL: `?N` is translated).
+    pub fn rows(&self, sql: &str, params: &[&str]) -> Vec<Vec<Value>> {
+        match &self.store {
+            Store::Postgres { url, .. } => pg_rows(url, sql, params),
+            Store::Sqlite(_) => {
+                let conn = self.sqlite();
+                let mut stmt = conn.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+                let columns = stmt.column_count();
+                let rows = stmt
+                    .query_map(rusqlite::params_from_iter(params), |row| {
+                        (0..columns)
+                            .map(|i| row.get_ref(i).map(sqlite_json))
+                            .collect::<rusqlite::Result<Vec<Value>>>()
+                    })
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                rows.map(|row| row.unwrap_or_else(|e| panic!("{sql}: {e}")))
+                    .collect()
+            }
+        }
     }
 
     pub fn events_count(&self) -> i64 {
@@ -337,6 +478,15 @@ impl Daemon {
 
     /// Every stored `profile_event_id`.
     pub fn stored_ids(&self) -> std::collections::HashSet<String> {
+        if let Store::Postgres { url, .. } = &self.store {
+            return pg_rows(url, "SELECT profile_event_id FROM events", &[])
+                .into_iter()
+                .map(|row| match &row[0] {
+                    Value::String(id) => id.clone(),
+                    other => panic!("a profile_event_id that is not text: {other}"),
+                })
+                .collect();
+        }
         let conn = self.sqlite();
         let mut stmt = conn
             .prepare("SELECT profile_event_id FROM events")
@@ -351,6 +501,19 @@ impl Daemon {
     /// `(profile_id, profile_event_id)`).
     pub fn stored_body(&self, profile_id: &str, profile_event_id: &str) -> Option<String> {
         use rusqlite::OptionalExtension;
+        if let Store::Postgres { url, .. } = &self.store {
+            let rows = pg_rows(
+                url,
+                "SELECT body FROM events WHERE profile_id = ?1 AND profile_event_id = ?2",
+                &[profile_id, profile_event_id],
+            );
+            // A `json`/`jsonb` column would not keep the bytes: shown re-serialised,
+            // it fails the tests that compare them.
+            return rows.into_iter().next().map(|row| match &row[0] {
+                Value::String(body) => body.clone(),
+                other => other.to_string(),
+            });
+        }
         self.sqlite()
             .query_row(
                 "SELECT body FROM events WHERE profile_id = ?1 AND profile_event_id = ?2",
@@ -368,7 +531,98 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Its own database goes with it, as its temporary directory does.
+        if let Store::Postgres { url, owned: true } = &self.store {
+            crate::pg_server::drop_database(url);
+        }
     }
+}
+
+/// A SQLite value as JSON (see [`Daemon::rows`]).
+fn sqlite_json(value: rusqlite::types::ValueRef<'_>) -> Value {
+    use rusqlite::types::ValueRef;
+    match value {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => json!(i),
+        ValueRef::Real(f) => json!(f),
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => {
+            Value::String(String::from_utf8_lossy(bytes).into_owned())
+        }
+    }
+}
+
+/// A boolean column as [`Daemon::rows`] reads it: SQLite's integer (non-zero is true,
+/// as rusqlite reads a bool), PostgreSQL's `boolean`.
+#[track_caller]
+pub fn truthy(value: &Value) -> bool {
+    match value {
+        Value::Bool(b) => *b,
+        Value::Number(n) if n.is_i64() => n.as_i64() != Some(0),
+        other => panic!("not a boolean column: {other}"),
+    }
+}
+
+/// [`Daemon::rows`] on PostgreSQL: `?N` placeholders become `$N`, parameters are text.
+fn pg_rows(url: &str, sql: &str, params: &[&str]) -> Vec<Vec<Value>> {
+    let mut translated = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        let numbered = c == '?' && chars.peek().is_some_and(char::is_ascii_digit);
+        translated.push(if numbered { '$' } else { c });
+    }
+    crate::pg_server::with_client(url, |client| {
+        let params: Vec<&(dyn postgres::types::ToSql + Sync)> = params
+            .iter()
+            .map(|p| p as &(dyn postgres::types::ToSql + Sync))
+            .collect();
+        let rows = client
+            .query(translated.as_str(), &params)
+            .unwrap_or_else(|e| panic!("{translated}: {e}"));
+        rows.iter()
+            .map(|row| (0..row.len()).map(|i| pg_json(row, i)).collect())
+            .collect()
+    })
+}
+
+/// One PostgreSQL column as JSON (see [`Daemon::rows`]).
+fn pg_json(row: &postgres::Row, i: usize) -> Value {
+    use postgres::types::Type;
+    let column = &row.columns()[i];
+    let ty = column.type_();
+    let value: Option<Value> = if *ty == Type::BOOL {
+        row.get::<_, Option<bool>>(i).map(Value::from)
+    } else if *ty == Type::INT2 {
+        row.get::<_, Option<i16>>(i).map(Value::from)
+    } else if *ty == Type::INT4 {
+        row.get::<_, Option<i32>>(i).map(Value::from)
+    } else if *ty == Type::INT8 {
+        row.get::<_, Option<i64>>(i).map(Value::from)
+    } else if *ty == Type::OID {
+        row.get::<_, Option<u32>>(i).map(Value::from)
+    } else if *ty == Type::FLOAT4 {
+        row.get::<_, Option<f32>>(i).map(|f| json!(f))
+    } else if *ty == Type::FLOAT8 {
+        row.get::<_, Option<f64>>(i).map(|f| json!(f))
+    } else if [Type::TEXT, Type::VARCHAR, Type::BPCHAR, Type::NAME].contains(ty) {
+        row.get::<_, Option<String>>(i).map(Value::String)
+    } else if *ty == Type::JSON || *ty == Type::JSONB {
+        row.get::<_, Option<Value>>(i)
+    } else if *ty == Type::TIMESTAMPTZ {
+        row.get::<_, Option<DateTime<Utc>>>(i)
+            .map(|t| Value::String(out_time(t)))
+    } else if *ty == Type::TIMESTAMP {
+        row.get::<_, Option<chrono::NaiveDateTime>>(i)
+            .map(|t| Value::String(out_time(t.and_utc())))
+    } else if *ty == Type::BYTEA {
+        row.get::<_, Option<Vec<u8>>>(i)
+            .map(|b| Value::String(String::from_utf8_lossy(&b).into_owned()))
+    } else {
+        panic!(
+            "rows(): column `{}` is of type {ty}, which the harness does not read (yet)",
+            column.name()
+        )
+    };
+    value.unwrap_or(Value::Null)
 }
 
 /// A client for the tests: no proxies, a bound on every request.
@@ -396,11 +650,16 @@ pub fn send_signal(pid: u32, signal: &str) {
 /// anyway is killed once it prints its listening line.
 pub fn serve_expecting_failure(args: &[&str]) -> (ExitStatus, String, String) {
     let temp = tempfile::tempdir().expect("a temporary directory");
+    let (db, _drop): (std::ffi::OsString, Option<DropDatabase>) =
+        match Store::default_in(temp.path()) {
+            Store::Sqlite(path) => (path.into(), None),
+            Store::Postgres { url, .. } => (url.clone().into(), Some(DropDatabase(url))),
+        };
     let mut child = entitled()
         .arg("serve")
         .args(["--listen", "127.0.0.1:0"])
         .arg("--db")
-        .arg(temp.path().join("entitled.db"))
+        .arg(db)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -446,6 +705,15 @@ pub fn serve_expecting_failure(args: &[&str]) -> (ExitStatus, String, String) {
     let status = child.wait().expect("waitpid");
     let err = err_reader.join().expect("stderr reader");
     (status, out, err)
+}
+
+/// Drops a PostgreSQL database when dropped.
+struct DropDatabase(String);
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        crate::pg_server::drop_database(&self.0);
+    }
 }
 
 /// Polls `condition` every `step` until it holds or `limit` passes; whether it held.
@@ -1004,12 +1272,12 @@ pub fn assert_level_shape(level: &Value) {
 // ---- the daemon in a directory the test chose -----------------------------------------
 
 impl Daemon {
-    /// Starts the daemon with its database (`dir/entitled.db`) and its stderr logs
-    /// (`dir/stderr-N.log`) in `dir`, a directory the test made, such as a small
-    /// filesystem it mounted. The caller keeps `dir` alive and cleans it up; the
-    /// daemon only writes there.
+    /// Starts the daemon with its database (`dir/entitled.db`; on PostgreSQL a new
+    /// database, as [`Daemon::start`]) and its stderr logs (`dir/stderr-N.log`) in
+    /// `dir`, a directory the test made, such as a small filesystem it mounted. The
+    /// caller keeps `dir` alive and cleans it up; the daemon only writes there.
     pub fn start_in(dir: &Path, args: &[&str]) -> Daemon {
-        Self::launch(dir.to_owned(), temp_dir(), args, &[])
+        Self::launch(dir.to_owned(), temp_dir(), args, &[], None)
     }
 }
 

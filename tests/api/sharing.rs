@@ -5,8 +5,8 @@
 //! or addressed to the new profile listing the others). Linked profiles form a group
 //! per level, and every member answers with the state folded from all the group's
 //! events; an inactive snapshot without the list ends a member's link. Each test
-//! drives the real daemon over HTTP (and reads the SQLite file, or runs the CLI, where
-//! the stored state is the point).
+//! drives the real daemon over HTTP (and reads the database, or runs the CLI, where
+//! the stored state is the point). On PostgreSQL too, but the test of the SQLite file.
 
 use crate::helpers::*;
 use chrono::{DateTime, Utc};
@@ -131,7 +131,7 @@ async fn lookup(daemon: &Daemon, body: &Value) -> Value {
 }
 
 /// Runs `entitled ARGS --db DB` to its end: (status, stdout, stderr).
-fn cli(args: &[&str], db: &std::path::Path) -> (std::process::ExitStatus, String, String) {
+fn cli(args: &[&str], db: &str) -> (std::process::ExitStatus, String, String) {
     let out = entitled()
         .args(args)
         .arg("--db")
@@ -1199,24 +1199,23 @@ async fn the_change_feed_reports_each_member_s_flip_with_the_holder_s_event() {
     assert_eq!(all.len(), 4, "{all:?}");
 
     // The table says the same, `shared_from` included.
-    let conn = daemon.sqlite();
     let sql = "SELECT seq, profile_id, active, reason, profile_event_id, shared_from \
                FROM access_changes ORDER BY seq";
-    let mut stmt = conn.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
     type Row = (i64, String, bool, String, Option<String>, Option<String>);
-    let table: Vec<Row> = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
+    let table: Vec<Row> = daemon
+        .rows(sql, &[])
+        .into_iter()
+        .map(|r| {
+            let text = |v: &Value| v.as_str().map(str::to_owned);
+            (
+                r[0].as_i64().unwrap_or_else(|| panic!("{sql}: {r:?}")),
+                text(&r[1]).unwrap_or_else(|| panic!("{sql}: {r:?}")),
+                truthy(&r[2]),
+                text(&r[3]).unwrap_or_else(|| panic!("{sql}: {r:?}")),
+                text(&r[4]),
+                text(&r[5]),
+            )
         })
-        .expect("rows")
-        .map(|r| r.expect("a row"))
         .collect();
     let feed: Vec<Row> = all
         .iter()
@@ -1234,6 +1233,7 @@ async fn the_change_feed_reports_each_member_s_flip_with_the_holder_s_event() {
     assert_eq!(feed, table, "the feed and the table differ");
 }
 
+sqlite_only! {
 // ---- the file -----------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1333,6 +1333,7 @@ async fn the_sqlite_file_shows_who_shares_with_whom() {
         ]
     );
 }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuild_after_sharing_events_reports_nothing_to_change() {
@@ -1396,13 +1397,13 @@ async fn rebuild_after_sharing_events_reports_nothing_to_change() {
     assert!(status.success(), "SIGTERM: {status}");
     let changes_before = daemon.count("SELECT count(*) FROM access_changes");
 
-    let (status, stdout, stderr) = cli(&["rebuild", "--check"], &daemon.db());
+    let (status, stdout, stderr) = cli(&["rebuild", "--check"], &daemon.db_arg());
     assert!(
         status.success(),
         "rebuild --check: {status}\n{stdout}\n{stderr}"
     );
     assert!(stdout.starts_with("matches"), "{stdout}\n{stderr}");
-    let (status, stdout, stderr) = cli(&["rebuild"], &daemon.db());
+    let (status, stdout, stderr) = cli(&["rebuild"], &daemon.db_arg());
     assert!(status.success(), "rebuild: {status}\n{stdout}\n{stderr}");
     assert!(
         stdout.contains("0 changed, 0 added, 0 removed"),
