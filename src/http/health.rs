@@ -59,8 +59,11 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let now = Timestamp::now();
     // Counting walks the whole index (a million profiles, tens of milliseconds): on the
     // blocking pool, not on the worker that answers lookups.
-    let index = state.index.clone();
-    let Ok(counts) = web::block(move || index.counts(now)).await else {
+    // The database's size too: on PostgreSQL it is a query.
+    let (index, reader) = (state.index.clone(), state.reader.clone());
+    let Ok((counts, database_bytes)) =
+        web::block(move || (index.counts(now), reader.disk_bytes())).await
+    else {
         return HttpResponse::ServiceUnavailable().finish();
     };
     if let Some(notifier) = &state.notifier {
@@ -73,7 +76,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         profiles: counts.profiles,
         entitlements: counts.entitlements,
         active_by_level: &counts.active_by_level,
-        database_bytes: state.reader.disk_bytes(),
+        database_bytes,
         newest_event_age_seconds: state
             .status
             .newest_received()

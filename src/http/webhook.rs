@@ -7,6 +7,7 @@ use super::error::ErrorBody;
 use super::AppState;
 use crate::adapty::{self, Webhook};
 use crate::store::writer::{Outcome, SendError};
+use crate::store::StoreError;
 use crate::telemetry;
 use actix_web::http::header::CONTENT_LENGTH;
 use actix_web::{post, web, HttpRequest, HttpResponse, ResponseError};
@@ -115,7 +116,12 @@ async fn handle(
         })?;
     let outcome = match tokio::time::timeout_at(deadline, answer).await {
         Ok(Ok(Ok(outcome))) => outcome,
-        Ok(Ok(Err(error))) => return Err(ApiError::store_unavailable(&error)),
+        Ok(Ok(Err(error))) => {
+            return Err(match &*error {
+                StoreError::Unstorable(why) => ApiError::BadRequest(why.clone()),
+                _ => ApiError::store_unavailable(&error),
+            })
+        }
         Ok(Err(_)) => return Err(ApiError::store_unavailable(&"the writer dropped the event")),
         Err(_) => {
             return Err(ApiError::store_unavailable(

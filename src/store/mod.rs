@@ -108,6 +108,10 @@ pub enum StoreError {
     },
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+    /// The event can never be stored in this store (PostgreSQL's `text` cannot hold
+    /// U+0000): the webhook is refused with a 400, which Adapty does not retry.
+    #[error("this event cannot be stored: {0}")]
+    Unstorable(String),
     #[error("cannot read the database now: {0}")]
     Unavailable(String),
     #[error(transparent)]

@@ -552,13 +552,25 @@ async fn hostile_ids_are_stored_and_looked_up_exactly() {
 async fn hostile_level_and_product_ids_are_kept_exactly() {
     let mut daemon = Daemon::start(&[]);
     let t = now();
-    let levels = [
+    let all = [
         "'; DROP TABLE entitlements; --",
         "pre%mium",
         "\u{0}gold",
         "Premium",
         "premium",
     ];
+    // PostgreSQL's `text` cannot hold U+0000: there such an event is refused with a 400
+    // (Adapty does not retry it), and nothing of it is stored.
+    let storable = |level: &&str| !(daemon.on_postgres() && level.contains('\0'));
+    if daemon.on_postgres() {
+        let nul = access_level_updated("prof-sec-levels", "\u{0}gold", true, Some(t + days(1)));
+        daemon
+            .webhook(&nul.0, None)
+            .await
+            .expect_error(400, "bad_request");
+        assert_eq!(daemon.events_count(), 0);
+    }
+    let levels: Vec<&str> = all.iter().copied().filter(storable).collect();
     for (n, level) in levels.iter().enumerate() {
         daemon
             .store(
@@ -574,7 +586,7 @@ async fn hostile_level_and_product_ids_are_kept_exactly() {
             .expect("levels")
             .keys()
             .collect();
-        let mut want: Vec<&str> = levels.to_vec();
+        let mut want: Vec<&str> = levels.clone();
         want.sort();
         assert_eq!(got, want, "{answer}");
         for (n, level) in levels.iter().enumerate() {
@@ -592,7 +604,7 @@ async fn hostile_level_and_product_ids_are_kept_exactly() {
     };
     check(&daemon.profile("prof-sec-levels").await);
     // One level at a time through the query string.
-    for level in levels {
+    for &level in &levels {
         let resp = daemon
             .get(&format!(
                 "/profiles/prof-sec-levels/access?access_level={}",

@@ -187,6 +187,11 @@ fn ingest_one(
     feed: &mut Vec<FeedRow>,
 ) -> Result<Done, StoreError> {
     let event = &received.event;
+    if holds_nul(received) {
+        return Err(StoreError::Unstorable(
+            "a string of the event holds U+0000, which PostgreSQL's text cannot store".into(),
+        ));
+    }
     if !exclusive && touches_sharing(tx, event)? {
         return Ok(Done::Deferred);
     }
@@ -224,7 +229,8 @@ fn ingest_one(
         }
         None => Vec::new(),
     };
-    if levels.is_empty() {
+    // (An API snapshot of a profile with no levels is stored and folded, as on SQLite.)
+    if levels.is_empty() && event.api_levels.is_none() {
         return Ok(Done::Outcome(Outcome::Ignored));
     }
     let mut members = BTreeSet::from([event.profile_id.clone()]);
@@ -242,6 +248,7 @@ fn ingest_one(
     let log = events_of(tx, &members, decode)?;
     if exclusive {
         links = relink(tx, &members, &log, rules)?;
+        warn_of_refused_links(event, &levels, &links);
     }
     let folded = projection::project_with_links(&log, rules, Some(&links));
     for member in &members {
@@ -251,6 +258,34 @@ fn ingest_one(
         }
     }
     Ok(Done::Outcome(Outcome::Stored))
+}
+
+/// Whether any string of the event that the store writes holds U+0000.
+fn holds_nul(received: &ReceivedEvent) -> bool {
+    let e = &received.event;
+    let nul = |s: Option<&str>| s.is_some_and(|s| s.contains('\0'));
+    let snapshot = |s: &crate::projection::Snapshot| nul(Some(&s.access_level_id));
+    nul(Some(&received.received_type))
+        || nul(Some(&received.body))
+        || [&e.id, &e.profile_id].iter().any(|s| nul(Some(s)))
+        || [
+            &e.customer_user_id,
+            &e.environment,
+            &e.store,
+            &e.vendor_product_id,
+        ]
+        .iter()
+        .any(|s| nul(s.as_deref()))
+        || e.snapshot.as_ref().is_some_and(snapshot)
+        || e.shared_with
+            .iter()
+            .any(|s| nul(Some(&s.profile_id)) || nul(s.customer_user_id.as_deref()))
+        || e.api_levels.as_deref().unwrap_or_default().iter().any(|l| {
+            snapshot(&l.snapshot)
+                || [&l.store, &l.vendor_product_id, &l.environment]
+                    .iter()
+                    .any(|s| nul(s.as_deref()))
+        })
 }
 
 /// Whether the event declares or ends sharing, or its profile is linked with another.
@@ -264,6 +299,31 @@ fn touches_sharing(tx: &mut Transaction<'_>, event: &Event) -> Result<bool, Stor
             &[&&*event.profile_id],
         )?
         .get(0))
+}
+
+/// A declaration's profiles that the bound on a group's size kept out: said once, when
+/// the declaration arrives (as on SQLite).
+fn warn_of_refused_links(event: &Event, levels: &[Arc<str>], links: &LinksByLevel) {
+    let Membership::Joins(shared) = membership(event) else {
+        return;
+    };
+    for level in levels {
+        for other in shared {
+            let pair = (event.profile_id.clone(), other.profile_id.clone());
+            if other.profile_id != event.profile_id
+                && !links.get(level).is_some_and(|l| l.contains(&pair))
+            {
+                tracing::warn!(
+                    access_level_id = &**level,
+                    profile_id = &*event.profile_id,
+                    not_linked = &*other.profile_id,
+                    profile_event_id = &*event.id,
+                    limit = crate::projection::MAX_SHARING_GROUP,
+                    "sharing group would pass the limit: the profile is not linked"
+                );
+            }
+        }
+    }
 }
 
 /// These profiles and every profile linked with them, through any level.

@@ -38,6 +38,17 @@ pub fn shared_events(
     up_to: i64,
     decode: &dyn Decode,
 ) -> Result<(Vec<LoggedEvent>, Component), StoreError> {
+    // No stored id holds U+0000 (ingest refuses it; `text` cannot): unknown.
+    if profile_id.contains('\0') {
+        let profiles = BTreeSet::from([Arc::from(profile_id)]);
+        return Ok((
+            Vec::new(),
+            Component {
+                profiles,
+                ..Component::default()
+            },
+        ));
+    }
     let mut component = Component {
         profiles: BTreeSet::from([Arc::from(profile_id)]),
         ..Component::default()
@@ -86,6 +97,14 @@ pub fn shared_events(
     Ok((logged, component))
 }
 
+/// The ids that may be stored (none holds U+0000).
+fn known(ids: &[String]) -> Vec<&str> {
+    ids.iter()
+        .map(String::as_str)
+        .filter(|id| !id.contains('\0'))
+        .collect()
+}
+
 impl Reader for PgReader {
     fn shared_events(
         &self,
@@ -132,6 +151,9 @@ impl Reader for PgReader {
     }
 
     fn profiles_of_user(&self, customer_user_id: &str) -> Result<Vec<String>, StoreError> {
+        if customer_user_id.contains('\0') {
+            return Ok(Vec::new());
+        }
         let rows = checkout(&self.pool)?.query(
             "SELECT profile_id FROM profiles WHERE customer_user_id = $1 ORDER BY profile_id",
             &[&customer_user_id],
@@ -140,6 +162,7 @@ impl Reader for PgReader {
     }
 
     fn index_now(&self, profile_ids: &[String]) -> Result<Index, StoreError> {
+        let profile_ids: Vec<&str> = known(profile_ids);
         let mut client = checkout(&self.pool)?;
         let index = Index::new();
         let mut changes = Vec::new();
