@@ -3,7 +3,8 @@
 //! database of its own on a server the harness starts itself (tests/api/pg_server.rs;
 //! `.ci/run` installs Debian's `postgresql` when its programs are missing). helpers.rs
 //! reads [`POSTGRES`] to pass `--db postgres://…` and to read rows over the `postgres`
-//! client with the same SQL. Beside them, multi.rs: several daemons on one database.
+//! client with the same SQL. Beside them, multi.rs: several daemons on one database;
+//! pg_follow.rs: the follower's horizon, migrations at start, `migrate`, the tools.
 //!
 //! Included: the suites that test behaviour over HTTP: adapty_api, auth, changes,
 //! config, durability, events, expiry, history, hostile, malformed, ordering, security,
@@ -56,6 +57,8 @@ mod fake_adapty;
 mod helpers;
 #[path = "../api/multi.rs"]
 mod multi;
+#[path = "../api/pg_follow.rs"]
+mod pg_follow;
 #[path = "../api/pg_server.rs"]
 mod pg_server;
 #[path = "../api/receiver.rs"]
