@@ -2,8 +2,9 @@
 //! set up, no credentials, nothing left running.
 //!
 //! - The binaries: the highest `/usr/lib/postgresql/*/bin` (Debian's layout), else
-//!   `pg_config --bindir`, else `PATH`. `.ci/run` installs Debian's `postgresql` package
-//!   when there are none.
+//!   `pg_config --bindir`, else `PATH`. When there are none, Debian's `postgresql`
+//!   package is installed first (`apt-get`, as root or through `sudo -n`), as `.ci/run`
+//!   also does: `cargo test` alone passes on a fresh machine.
 //! - `initdb` in a fresh temporary directory (`-A trust -U entitled`, UTF-8, the C
 //!   collation: text sorts by bytes, as SQLite's default `BINARY` collation does), then
 //!   `postgres` on `127.0.0.1` and a free port, with its socket in that directory.
@@ -362,9 +363,71 @@ rm -rf "$1""#;
     (child, stdin)
 }
 
-/// Where the PostgreSQL programs are: the highest `/usr/lib/postgresql/*/bin`, else
-/// `pg_config --bindir`, else a `PATH` directory with `initdb` and `postgres`.
+/// Where the PostgreSQL programs are ([`find_bindir`]); on a machine without them,
+/// Debian's `postgresql` package is installed first (once per test process; as root, or
+/// through passwordless `sudo`), so that `cargo test` alone passes on a fresh machine.
 fn bindir() -> PathBuf {
+    static BINDIR: OnceLock<PathBuf> = OnceLock::new();
+    BINDIR
+        .get_or_init(|| {
+            if let Some(bin) = find_bindir() {
+                return bin;
+            }
+            install_postgresql();
+            find_bindir().unwrap_or_else(|| {
+                panic!(
+                    "no PostgreSQL server programs (initdb, postgres) in \
+                     /usr/lib/postgresql/*/bin, `pg_config --bindir` or PATH, even after \
+                     installing Debian's `postgresql` package: the postgres tests start a \
+                     server of their own"
+                )
+            })
+        })
+        .clone()
+}
+
+/// `apt-get install postgresql` (what `.ci/run` does too), as root or with `sudo -n`.
+fn install_postgresql() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
+    let run = |args: &[&str]| {
+        let mut command = if root {
+            Command::new(args[0])
+        } else {
+            let mut sudo = Command::new("sudo");
+            sudo.arg("-n").arg(args[0]);
+            sudo
+        };
+        command
+            .args(&args[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null());
+        match command.status() {
+            Ok(status) if status.success() => {}
+            other => panic!(
+                "installing Debian's `postgresql` package for the postgres tests failed \
+                 ({} : {other:?}); install it by hand",
+                args.join(" ")
+            ),
+        }
+    };
+    eprintln!("no PostgreSQL server programs: installing Debian's `postgresql` package");
+    run(&["apt-get", "update", "-q"]);
+    run(&[
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "postgresql",
+    ]);
+}
+
+/// The highest `/usr/lib/postgresql/*/bin`, else `pg_config --bindir`, else a `PATH`
+/// directory with `initdb` and `postgres`.
+fn find_bindir() -> Option<PathBuf> {
     let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
     let mut versions: Vec<(Vec<u32>, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
@@ -383,25 +446,16 @@ fn bindir() -> PathBuf {
         .collect();
     versions.sort();
     if let Some((_, bin)) = versions.pop() {
-        return bin;
+        return Some(bin);
     }
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
         let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         if out.status.success() && has_server(&bin) {
-            return bin;
+            return Some(bin);
         }
     }
-    if let Some(bin) = std::env::var_os("PATH")
+    std::env::var_os("PATH")
         .and_then(|path| std::env::split_paths(&path).find(|dir| has_server(dir)))
-    {
-        return bin;
-    }
-    panic!(
-        "no PostgreSQL server programs (initdb, postgres) in /usr/lib/postgresql/*/bin, \
-         `pg_config --bindir` or PATH: the postgres tests start a server of their own. \
-         .ci/run installs Debian's `postgresql` package when they are missing \
-         (`apt-get install -y postgresql`)"
-    );
 }
 
 /// `Some((uid, gid))` of the `postgres` user when we are root (PostgreSQL refuses to
