@@ -41,6 +41,37 @@ pub struct ReceivedEvent {
     pub body: String,
 }
 
+impl ReceivedEvent {
+    /// Whether a string the store writes holds U+0000 (a JSON `\u0000`), which
+    /// PostgreSQL's `text` cannot hold: such an event is refused there (SQLite keeps it).
+    pub fn holds_nul(&self) -> bool {
+        let e = &self.event;
+        let nul = |s: Option<&str>| s.is_some_and(|s| s.contains('\0'));
+        let snapshot = |s: &crate::projection::Snapshot| nul(Some(&s.access_level_id));
+        nul(Some(&self.received_type))
+            || nul(Some(&self.body))
+            || [&e.id, &e.profile_id].iter().any(|s| nul(Some(s)))
+            || [
+                &e.customer_user_id,
+                &e.environment,
+                &e.store,
+                &e.vendor_product_id,
+            ]
+            .iter()
+            .any(|s| nul(s.as_deref()))
+            || e.snapshot.as_ref().is_some_and(snapshot)
+            || e.shared_with
+                .iter()
+                .any(|s| nul(Some(&s.profile_id)) || nul(s.customer_user_id.as_deref()))
+            || e.api_levels.as_deref().unwrap_or_default().iter().any(|l| {
+                snapshot(&l.snapshot)
+                    || [&l.store, &l.vendor_product_id, &l.environment]
+                        .iter()
+                        .any(|s| nul(s.as_deref()))
+            })
+    }
+}
+
 /// Why a body can never be processed. Adapty does not retry these (4xx).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseError {

@@ -187,7 +187,7 @@ fn ingest_one(
     feed: &mut Vec<FeedRow>,
 ) -> Result<Done, StoreError> {
     let event = &received.event;
-    if holds_nul(received) {
+    if received.holds_nul() {
         return Err(StoreError::Unstorable(
             "a string of the event holds U+0000, which PostgreSQL's text cannot store".into(),
         ));
@@ -258,34 +258,6 @@ fn ingest_one(
         }
     }
     Ok(Done::Outcome(Outcome::Stored))
-}
-
-/// Whether any string of the event that the store writes holds U+0000.
-fn holds_nul(received: &ReceivedEvent) -> bool {
-    let e = &received.event;
-    let nul = |s: Option<&str>| s.is_some_and(|s| s.contains('\0'));
-    let snapshot = |s: &crate::projection::Snapshot| nul(Some(&s.access_level_id));
-    nul(Some(&received.received_type))
-        || nul(Some(&received.body))
-        || [&e.id, &e.profile_id].iter().any(|s| nul(Some(s)))
-        || [
-            &e.customer_user_id,
-            &e.environment,
-            &e.store,
-            &e.vendor_product_id,
-        ]
-        .iter()
-        .any(|s| nul(s.as_deref()))
-        || e.snapshot.as_ref().is_some_and(snapshot)
-        || e.shared_with
-            .iter()
-            .any(|s| nul(Some(&s.profile_id)) || nul(s.customer_user_id.as_deref()))
-        || e.api_levels.as_deref().unwrap_or_default().iter().any(|l| {
-            snapshot(&l.snapshot)
-                || [&l.store, &l.vendor_product_id, &l.environment]
-                    .iter()
-                    .any(|s| nul(s.as_deref()))
-        })
 }
 
 /// Whether the event declares or ends sharing, or its profile is linked with another.
