@@ -6,7 +6,8 @@
 //! - `entitled migrate` from a SQLite daemon's file: the answers, the change feed and
 //!   its cursor carry over; a second run copies nothing twice and what arrived since;
 //! - the tools on a URL: `rebuild --check`, `access`, `events`, `import` beside running
-//!   instances.
+//!   instances;
+//! - a silent expiry, seen by every instance's clock, reaches the change feed once.
 
 use crate::helpers::*;
 use crate::pg_server;
@@ -326,4 +327,45 @@ async fn the_tools_work_on_a_url_beside_running_instances() {
     let notify = tool(&["notify", "status", "--db", &url]);
     assert!(!notify.status.success(), "{notify}");
     assert!(notify.stderr.contains("SQLite"), "{}", notify.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_expiry_reaches_the_feed_once_whatever_the_instances() {
+    let a = Daemon::start(&[]);
+    let b = Daemon::start_beside(&a, &[]);
+    let c = Daemon::start_beside(&a, &[]);
+    let t = now();
+    let ends = t + secs(2);
+    a.store(
+        &subscription_started("expires-once")
+            .at(t - minutes(1))
+            .expires(ends),
+    )
+    .await;
+    // Every instance's clock looks each second; each answers the expiry at read time.
+    for daemon in [&a, &b, &c] {
+        until(daemon, "expires-once", "expired", |v| {
+            v["premium"] == json!(false)
+        })
+        .await;
+    }
+    // Three more ticks of every clock: still one `expired` row.
+    tokio::time::sleep(StdDuration::from_secs(3)).await;
+    let expired = a.count(
+        "SELECT count(*) FROM access_changes \
+         WHERE profile_id = 'expires-once' AND reason = 'expired'",
+    );
+    assert_eq!(expired, 1, "the feed's expired row, written once");
+    for daemon in [&a, &b, &c] {
+        let feed = daemon.get("/changes?after=0").await;
+        feed.expect(200);
+        let reasons: Vec<&str> = feed.json["changes"]
+            .as_array()
+            .expect("changes")
+            .iter()
+            .filter(|c| c["profile_id"] == json!("expires-once"))
+            .filter_map(|c| c["reason"].as_str())
+            .collect();
+        assert_eq!(reasons, ["subscription_started", "expired"], "{feed}");
+    }
 }
