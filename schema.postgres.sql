@@ -73,7 +73,8 @@ CREATE INDEX entitlements_unreported_by_end ON entitlements (is_lifetime, expire
     WHERE NOT reported_active AND is_active AND starts_at IS NOT NULL;
 CREATE INDEX entitlements_by_written_xid ON entitlements (written_xid);
 
--- A level a rebuild removed from a profile: followers drop it from memory.
+-- A level a rebuild removed from a profile: followers drop it from memory. Only a
+-- rebuild (or migrate) removes a level, so the rows are few; they are kept.
 CREATE TABLE entitlements_removed (
     profile_id      text NOT NULL,
     access_level_id text NOT NULL,

@@ -281,7 +281,17 @@ impl Follower {
                 &[],
             )?
             .get(0);
-        if horizon <= self.horizon {
+        if horizon < self.horizon {
+            // Transaction ids went back: the database was restored from a backup (or
+            // replaced). Read every row again, as at warm-up.
+            tracing::warn!(
+                was = self.horizon,
+                now = horizon,
+                "PostgreSQL's transaction ids went back (a restored database?): reading every row again"
+            );
+            self.horizon = 0;
+        }
+        if horizon == self.horizon {
             tx.commit()?;
             self.status.record_commit(None);
             return Ok(());
