@@ -82,13 +82,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     if let Some(notifier) = &state.notifier {
         notifier.start()?;
     }
-    state.status.set_warmed();
-    tick_every_second(state.writer.clone());
-    announce(server.addr)?;
-    let served = server.task.await.map_err(|_| ServeError::ServerPanicked)?;
-    stop_writer(&state.writer, writer_thread).await?;
-    tracing::info!("stopped");
-    Ok(served?)
+    serve_until_stopped(&state, server, writer_thread).await
 }
 
 /// What a schema upgrade left for a start with the configuration (a rebuild, when
@@ -332,6 +326,22 @@ fn tick_every_second(writer: WriterHandle) {
     });
 }
 
+/// Ready: the clock ticks, the listening line; then serve until a signal stops the
+/// server, and stop the writer.
+async fn serve_until_stopped(
+    state: &AppState,
+    server: Running,
+    writer_thread: JoinHandle<()>,
+) -> Result<(), ServeError> {
+    state.status.set_warmed();
+    tick_every_second(state.writer.clone());
+    announce(server.addr)?;
+    let served = server.task.await.map_err(|_| ServeError::ServerPanicked)?;
+    stop_writer(&state.writer, writer_thread).await?;
+    tracing::info!("stopped");
+    Ok(served?)
+}
+
 /// The one line on stdout: scripts and tests wait for it.
 fn announce(addr: SocketAddr) -> std::io::Result<()> {
     let mut stdout = std::io::stdout();
@@ -395,13 +405,7 @@ async fn serve_on_postgres(url: String, args: ServeArgs) -> Result<(), ServeErro
         elapsed_ms = started.elapsed().as_millis() as u64,
         "index warmed"
     );
-    state.status.set_warmed();
-    tick_every_second(state.writer.clone());
-    announce(server.addr)?;
-    let served = server.task.await.map_err(|_| ServeError::ServerPanicked)?;
-    stop_writer(&state.writer, writer_thread).await?;
-    tracing::info!("stopped");
-    Ok(served?)
+    serve_until_stopped(&state, server, writer_thread).await
 }
 
 /// Runs a call to the store on the blocking pool.

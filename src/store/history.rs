@@ -128,9 +128,22 @@ pub fn index_as_of(
     rules: &Rules,
     decode: &dyn Decode,
 ) -> Result<Index, StoreError> {
+    index_of(profile_ids, at, rules, |profile_id| {
+        shared_events(conn, profile_id, up_to, decode)
+    })
+}
+
+/// [`index_as_of`] over any store: `shared_events` reads one profile's
+/// ([`shared_events`]'s answer).
+pub fn index_of(
+    profile_ids: &[String],
+    at: Timestamp,
+    rules: &Rules,
+    mut shared_events: impl FnMut(&str) -> Result<(Vec<LoggedEvent>, Component), StoreError>,
+) -> Result<Index, StoreError> {
     let index = Index::new();
     for profile_id in profile_ids {
-        let (logged, component) = shared_events(conn, profile_id, up_to, decode)?;
+        let (logged, component) = shared_events(profile_id)?;
         index.apply(as_of(profile_id, logged, &component, at, rules));
     }
     Ok(index)

@@ -97,17 +97,7 @@ pub fn warm(
     status: Arc<Status>,
 ) -> Result<Follower, StoreError> {
     let mut client = checkout(pool)?;
-    let mut tx = client
-        .build_transaction()
-        .isolation_level(postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()?;
-    let horizon: i64 = tx
-        .query_one(
-            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
-            &[],
-        )?
-        .get(0);
+    let (mut tx, horizon) = at_horizon(&mut client)?;
     // Streamed, and applied a chunk at a time: a million rows are never all in memory.
     const CHUNK: usize = 10_000;
     let no_params: [&(dyn postgres::types::ToSql + Sync); 0] = [];
@@ -145,6 +135,23 @@ pub fn warm(
         wakes,
         waiter: Waiter(to),
     })
+}
+
+/// A read-only snapshot, and the horizon in it: the oldest transaction id still running
+/// (every smaller one has ended, and what it wrote is in the snapshot).
+fn at_horizon(client: &mut Client) -> Result<(postgres::Transaction<'_>, i64), StoreError> {
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()?;
+    let horizon: i64 = tx
+        .query_one(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+            &[],
+        )?
+        .get(0);
+    Ok((tx, horizon))
 }
 
 /// The newest event, change and arrival the database holds: what `GET /changes`, time
@@ -270,17 +277,7 @@ impl Follower {
             Some(conn) => conn,
             None => client.insert(checkout(&self.pool)?),
         };
-        let mut tx = conn
-            .build_transaction()
-            .isolation_level(postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()?;
-        let horizon: i64 = tx
-            .query_one(
-                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
-                &[],
-            )?
-            .get(0);
+        let (mut tx, horizon) = at_horizon(conn)?;
         if horizon < self.horizon {
             // Transaction ids went back: the database was restored from a backup (or
             // replaced). Read every row again, as at warm-up.

@@ -126,19 +126,9 @@ impl Reader for PgReader {
         up_to: i64,
     ) -> Result<Index, StoreError> {
         let mut client = checkout(&self.pool)?;
-        let index = Index::new();
-        for profile_id in profile_ids {
-            let (logged, component) =
-                shared_events(&mut *client, profile_id, up_to, &self.decoder)?;
-            index.apply(history::as_of(
-                profile_id,
-                logged,
-                &component,
-                at,
-                &self.rules,
-            ));
-        }
-        Ok(index)
+        history::index_of(profile_ids, at, &self.rules, |profile_id| {
+            shared_events(&mut *client, profile_id, up_to, &self.decoder)
+        })
     }
 
     fn changes_after(
