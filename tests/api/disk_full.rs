@@ -12,7 +12,7 @@
 //! failing test leaves none behind.
 
 use crate::helpers::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -497,24 +497,6 @@ impl Drop for Tmpfs {
 
 // ---- HTTP and checks ----------------------------------------------------------------
 
-/// A webhook answer with the header a 503 must carry.
-struct Answer {
-    status: u16,
-    retry_after: Option<String>,
-    text: String,
-    json: Value,
-}
-
-impl std::fmt::Display for Answer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} (Retry-After {:?}) {}",
-            self.status, self.retry_after, self.text
-        )
-    }
-}
-
 impl Answer {
     #[track_caller]
     fn expect_stored(&self, event: &Ev) {
@@ -553,32 +535,9 @@ async fn post(daemon: &Daemon, event: &Ev) -> Answer {
 }
 
 async fn post_with(client: &reqwest::Client, url: &str, event: &Ev) -> Answer {
-    let resp = client
-        .post(url)
-        .header("content-type", "application/json")
-        .body(event.0.to_string())
-        .send()
+    post_webhook(client, url, event)
         .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "POST {} got no answer (did the daemon die?): {e}",
-                event.event_id()
-            )
-        });
-    let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let text = resp.text().await.unwrap_or_default();
-    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Answer {
-        status,
-        retry_after,
-        text,
-        json,
-    }
+        .unwrap_or_else(|e| panic!("{e} (did the daemon die?)"))
 }
 
 /// Posts `event` until a 200 (a 503 in between is fine: space may still be settling),

@@ -625,6 +625,55 @@ fn pg_json(row: &postgres::Row, i: usize) -> Value {
     value.unwrap_or(Value::Null)
 }
 
+/// A webhook's answer, with the `Retry-After` a 503 must carry.
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub text: String,
+    pub json: Value,
+}
+
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (Retry-After {:?}) {}",
+            self.status, self.retry_after, self.text
+        )
+    }
+}
+
+/// POSTs an event to `url`; `Err` when there is no answer at all. Waits up to 30 s: a
+/// daemon that holds a webhook while its database is away must still answer.
+pub async fn post_webhook(
+    client: &reqwest::Client,
+    url: &str,
+    event: &Ev,
+) -> Result<Answer, String> {
+    let resp = client
+        .post(url)
+        .timeout(std::time::Duration::from_secs(30))
+        .header("content-type", "application/json")
+        .body(event.0.to_string())
+        .send()
+        .await
+        .map_err(|e| format!("POST {}: no answer: {e}", event.event_id()))?;
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let text = resp.text().await.unwrap_or_default();
+    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Ok(Answer {
+        status,
+        retry_after,
+        text,
+        json,
+    })
+}
+
 /// A client for the tests: no proxies, a bound on every request.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()

@@ -362,24 +362,6 @@ async fn kill_9_of_one_instance_during_concurrent_ingestion_loses_no_acknowledge
 
 // ---- PostgreSQL down and back ---------------------------------------------------------
 
-/// A webhook's answer, with `Retry-After`.
-struct Answer {
-    status: u16,
-    retry_after: Option<String>,
-    text: String,
-    json: Value,
-}
-
-impl std::fmt::Display for Answer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} (Retry-After {:?}) {}",
-            self.status, self.retry_after, self.text
-        )
-    }
-}
-
 impl Answer {
     fn stored(&self, event: &Ev) -> bool {
         self.status == 200
@@ -399,33 +381,6 @@ impl Answer {
                 Some("store_unavailable" | "saturated")
             )
     }
-}
-
-/// POSTs an event; `Err` when there is no answer at all. The client waits up to 30 s:
-/// a daemon that holds a webhook while the database is away must still answer.
-async fn post(client: &reqwest::Client, url: &str, event: &Ev) -> Result<Answer, String> {
-    let resp = client
-        .post(url)
-        .timeout(StdDuration::from_secs(30))
-        .header("content-type", "application/json")
-        .body(event.0.to_string())
-        .send()
-        .await
-        .map_err(|e| format!("POST {}: no answer: {e}", event.event_id()))?;
-    let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let text = resp.text().await.unwrap_or_default();
-    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Ok(Answer {
-        status,
-        retry_after,
-        text,
-        json,
-    })
 }
 
 /// Background load: senders posting new events until stopped, each answer sorted into
@@ -465,7 +420,7 @@ impl Load {
                         .user(&format!("multi-down-user-{}", n % 10))
                         .at(t - minutes(1))
                         .expires(t + days(30));
-                    match post(&client, &url, &event).await {
+                    match post_webhook(&client, &url, &event).await {
                         Ok(answer) if answer.stored(&event) => {
                             acked.lock().expect("lock").push(event)
                         }
@@ -510,7 +465,7 @@ impl Load {
 async fn retry_until_stored(daemon: &Daemon, client: &reqwest::Client, event: &Ev, back: Instant) {
     let url = daemon.url("/webhooks/adapty");
     loop {
-        let answer = post(client, &url, event)
+        let answer = post_webhook(client, &url, event)
             .await
             .unwrap_or_else(|e| panic!("{e}; logs:\n{}", daemon.logs()));
         if answer.stored(event) {
@@ -584,7 +539,7 @@ async fn postgresql_down_mid_load_is_503_then_recovers_without_a_daemon_restart(
         let event = subscription_started(&format!("multi-down-during-{n}"))
             .at(t - minutes(1))
             .expires(t + days(30));
-        let answer = post(&patient, &webhook, &event)
+        let answer = post_webhook(&patient, &webhook, &event)
             .await
             .unwrap_or_else(|e| panic!("{e}; logs:\n{}", daemon.logs()));
         assert!(
