@@ -4,7 +4,9 @@
 //! `.ci/run` installs Debian's `postgresql` when its programs are missing). helpers.rs
 //! reads [`POSTGRES`] to pass `--db postgres://…` and to read rows over the `postgres`
 //! client with the same SQL. Beside them, multi.rs: several daemons on one database;
-//! pg_follow.rs: the follower's horizon, migrations at start, `migrate`, the tools.
+//! pg_follow.rs: the follower's horizon, migrations at start, `migrate`, the tools;
+//! pg_property.rs: the store's property test (the table is `project()` of the stored
+//! events) with random events sent to two instances at once.
 //!
 //! Included: the suites that test behaviour over HTTP: adapty_api, auth, changes,
 //! config, durability, events, expiry, history, hostile, malformed, ordering, security,
@@ -59,6 +61,8 @@ mod helpers;
 mod multi;
 #[path = "../api/pg_follow.rs"]
 mod pg_follow;
+#[path = "../api/pg_property.rs"]
+mod pg_property;
 #[path = "../api/pg_server.rs"]
 mod pg_server;
 #[path = "../api/receiver.rs"]
