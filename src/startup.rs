@@ -377,8 +377,9 @@ async fn serve_on_postgres(url: String, args: ServeArgs) -> Result<(), ServeErro
              not shared between instances yet (docs/scaling.md)",
         ));
     }
-    let opened = url.clone();
-    let pool = blocking(move || pg::open(&opened, POSTGRES_POOL)).await?;
+    // The pool connects on first use: the daemon listens (503 `not_ready`) whether or
+    // not PostgreSQL answers yet.
+    let pool = pg::pool(&url, POSTGRES_POOL)?;
     telemetry::metrics_handle();
     let decoder = Decoder::new(args.projection.event_names.clone());
     let reader = PgReader::new(pool.clone(), decoder, Arc::new(args.projection.rules()));
@@ -387,25 +388,56 @@ async fn serve_on_postgres(url: String, args: ServeArgs) -> Result<(), ServeErro
     stop_on_signal(state.status.clone(), server.handle.clone());
     tracing::info!(addr = %server.addr, db = %pg::redact(&url), "listening; warming the index from PostgreSQL");
     let started = Instant::now();
-    let (index, status) = (state.index.clone(), state.status.clone());
+    let follower = match migrate_and_warm(&pool, &url, &state).await {
+        Ok(follower) => follower,
+        Err(error) => {
+            server.handle.stop(false).await;
+            return Err(error);
+        }
+    };
     let (rules, decode) = (state.rules.clone(), Arc::new(state.decoder.clone()));
-    let lapses = lapse_checks(&state, &args);
+    let (lapses, status) = (lapse_checks(&state, &args), state.status.clone());
     let writer_thread =
-        match blocking(move || pg::start(&pool, &url, index, status, rules, decode, lapses, queue))
-            .await
-        {
-            Ok(thread) => thread,
-            Err(error) => {
-                server.handle.stop(false).await;
-                return Err(error);
-            }
-        };
+        blocking(move || pg::start(follower, &pool, status, rules, decode, lapses, queue)).await?;
     tracing::info!(
         profiles = state.index.profile_count(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "index warmed"
     );
     serve_until_stopped(&state, server, writer_thread).await
+}
+
+/// Migrates and warms, trying again each second while PostgreSQL is unreachable (an
+/// instance started during an outage serves once it ends; `/readyz` says why not
+/// meanwhile); gives up on anything else (a foreign or newer schema) or on a stop.
+async fn migrate_and_warm(
+    pool: &pg::Pool,
+    url: &str,
+    state: &AppState,
+) -> Result<pg::follow::Follower, ServeError> {
+    let mut tries = 0u32;
+    loop {
+        let (pool, url) = (pool.clone(), url.to_owned());
+        let (index, status) = (state.index.clone(), state.status.clone());
+        let warmed = actix_web::rt::task::spawn_blocking(move || {
+            pg::migrate(&pool, &url)?;
+            pg::follow::warm(&pool, &url, index, status)
+        })
+        .await
+        .map_err(|_| ServeError::WarmUpPanicked)?;
+        match warmed {
+            Ok(follower) => return Ok(follower),
+            Err(error) if pg::is_transient(&error) && !state.status.is_stopped() => {
+                if tries.is_multiple_of(30) {
+                    tracing::error!(%error, "cannot reach PostgreSQL; trying again each second");
+                }
+                state.status.record_failure(error.to_string());
+                tries += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
 }
 
 /// Runs a call to the store on the blocking pool.

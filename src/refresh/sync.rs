@@ -124,11 +124,12 @@ pub fn sync(args: SyncArgs) -> Result<SyncSummary, SyncError> {
         let pool = store::postgres::open(url, 3)?;
         let index = Arc::new(Index::new());
         let (handle, queue) = writer::queue();
+        let status = Arc::new(Status::new());
+        let follower = store::postgres::follow::warm(&pool, url, index.clone(), status.clone())?;
         let thread = store::postgres::start(
+            follower,
             &pool,
-            url,
-            index.clone(),
-            Arc::new(Status::new()),
+            status,
             Arc::new(args.projection.rules()),
             Arc::new(Decoder::new(args.projection.event_names.clone())),
             None,

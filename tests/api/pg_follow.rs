@@ -7,7 +7,8 @@
 //!   its cursor carry over; a second run copies nothing twice and what arrived since;
 //! - the tools on a URL: `rebuild --check`, `access`, `events`, `import` beside running
 //!   instances;
-//! - a silent expiry, seen by every instance's clock, reaches the change feed once.
+//! - a silent expiry, seen by every instance's clock, reaches the change feed once;
+//! - an instance started while PostgreSQL is down waits for it, then serves.
 
 use crate::helpers::*;
 use crate::pg_server;
@@ -368,4 +369,36 @@ async fn a_silent_expiry_reaches_the_feed_once_whatever_the_instances() {
             .collect();
         assert_eq!(reasons, ["subscription_started", "expired"], "{feed}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_started_while_postgresql_is_down_serves_once_it_is_up() {
+    let mut server = pg_server::PgServer::dedicated();
+    let url = server.fresh_database();
+    server.stop();
+    let starting = {
+        let url = url.clone();
+        std::thread::spawn(move || Daemon::start_on(&url, &[]))
+    };
+    // It keeps trying (and says why in its log) instead of exiting.
+    tokio::time::sleep(StdDuration::from_secs(3)).await;
+    assert!(
+        !starting.is_finished(),
+        "the daemon gave up (or got ready) without PostgreSQL"
+    );
+    server.start();
+    let daemon = starting
+        .join()
+        .expect("the daemon started once PostgreSQL was up");
+    assert!(
+        daemon.logs().contains("cannot reach PostgreSQL"),
+        "{}",
+        daemon.logs()
+    );
+    daemon.get("/readyz").await.expect(200);
+    let t = now();
+    daemon
+        .store(&subscription_started("late-start").at(t - minutes(1)))
+        .await;
+    assert!(daemon.active("late-start", "premium").await);
 }

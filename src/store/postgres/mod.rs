@@ -83,20 +83,28 @@ pub fn pool(url: &str, size: u32) -> Result<Pool, StoreError> {
 /// Opens the database: a pool, and the schema created or upgraded.
 pub fn open(url: &str, size: u32) -> Result<Pool, StoreError> {
     let pool = pool(url, size)?;
-    let mut client = checkout(&pool)?;
-    schema::migrate(&mut client, &redact(url))?;
+    migrate(&pool, url)?;
     Ok(pool)
 }
 
-/// Warms `index` from the database and starts this process's writer on `queue` and
-/// the follower that keeps `index` on what every instance commits: what `serve`,
-/// `import` and `sync` run on PostgreSQL. Returns the writer's thread (it stops, after
+/// Creates or upgrades the schema (under the migration lock).
+pub fn migrate(pool: &Pool, url: &str) -> Result<(), StoreError> {
+    schema::migrate(&mut *checkout(pool)?, &redact(url))
+}
+
+/// Whether an error may pass by itself (the database unreachable, a connection cut):
+/// worth trying again, unlike a foreign or newer schema.
+pub fn is_transient(error: &StoreError) -> bool {
+    matches!(error, StoreError::Unavailable(_) | StoreError::Postgres(_))
+}
+
+/// Starts this process's writer on `queue` and the follower (warmed by
+/// [`follow::warm`]) that keeps the index on what every instance commits: what `serve`
+/// and `sync` run on PostgreSQL. Returns the writer's thread (it stops, after
 /// committing what was sent, at the queue's `Stop`).
-#[allow(clippy::too_many_arguments)]
 pub fn start(
+    follower: follow::Follower,
     pool: &Pool,
-    url: &str,
-    index: Arc<crate::index::Index>,
     status: Arc<crate::status::Status>,
     rules: Arc<crate::projection::Rules>,
     decode: Arc<dyn super::writer::Decode>,
@@ -104,7 +112,6 @@ pub fn start(
     queue: super::writer::Queue,
 ) -> Result<std::thread::JoinHandle<()>, StoreError> {
     let thread_error = |e: std::io::Error| StoreError::Unavailable(format!("a thread: {e}"));
-    let follower = follow::warm(pool, url, index, status.clone())?;
     let writer = writer::Writer {
         pool: pool.clone(),
         status,
