@@ -5,7 +5,7 @@
 --
 -- Version: the one row of `entitled_schema`. Every instance migrates at start under an
 -- advisory lock (src/store/postgres/schema.rs), so two starting at once do not both
--- migrate. This file is version 1.
+-- migrate. This file is version 2 (version 1 lacked push's two tables).
 --
 -- Followers: every row a writer inserts or updates carries `written_xid`, the writing
 -- transaction's id. An instance applies other instances' changes to its memory by
@@ -17,7 +17,7 @@ CREATE TABLE entitled_schema (
     id      integer PRIMARY KEY CHECK (id = 1),
     version integer NOT NULL
 );
-INSERT INTO entitled_schema (id, version) VALUES (1, 1);
+INSERT INTO entitled_schema (id, version) VALUES (1, 2);
 
 CREATE TABLE events (
     seq              bigserial PRIMARY KEY,  -- arrival order; on PostgreSQL values commit
@@ -103,6 +103,21 @@ CREATE TABLE access_changes (
     changed_at       text NOT NULL,
     customer_user_id text,
     shared_from      text
+);
+
+-- Push (--notify-url): the cursor every instance shares, and the changes parked after
+-- --notify-retry-for. One instance delivers at a time: the one whose push connection
+-- holds the delivery lock (src/store/postgres/notify.rs). Added by version 2.
+CREATE TABLE notify_state (
+    id            integer PRIMARY KEY CHECK (id = 1),
+    delivered_seq bigint NOT NULL
+);
+CREATE TABLE notify_failed (
+    seq             bigint PRIMARY KEY,
+    attempts        bigint NOT NULL,
+    first_failed_at text NOT NULL,
+    last_failed_at  text NOT NULL,
+    last_error      text NOT NULL
 );
 
 CREATE VIEW active_entitlements AS

@@ -414,20 +414,22 @@ pub fn events(args: EventsArgs) -> Result<(), CliError> {
 
 /// `entitled notify status`: where push delivery stands on this file.
 pub fn notify_status(args: NotifyStatusArgs) -> Result<(), CliError> {
-    refuse_postgres(&args.db)?;
-    let conn = store::open_read_only(&args.db)?;
-    let newest = store::newest_change(&conn)?;
+    let mut store: Box<dyn store::notify::NotifyStore> = match store::postgres_url(&args.db) {
+        Some(url) => Box::new(store::postgres::notify::PgNotify::new(url)),
+        None => Box::new(store::open_read_only(&args.db)?),
+    };
+    let newest = store.newest_change()?;
     let mut out = std::io::stdout().lock();
-    match store::notify::cursor(&conn)? {
+    match store.cursor()? {
         None => writeln!(
             out,
-            "push has not run on this file (start the daemon with --notify-url)\nnewest_seq {newest}"
+            "push has not run on this database (start the daemon with --notify-url)\nnewest_seq {newest}"
         )?,
         Some(delivered) => writeln!(
             out,
             "delivered_seq {delivered}\nnewest_seq {newest}\npending {}\nfailed {}",
             (newest - delivered).max(0),
-            store::notify::failed_count(&conn)?
+            store.failed_count()?
         )?,
     }
     Ok(())
@@ -436,8 +438,16 @@ pub fn notify_status(args: NotifyStatusArgs) -> Result<(), CliError> {
 /// `entitled notify replay --from-seq N`: on a stopped file, moves the cursor back;
 /// beside a running daemon, asks it (`POST /notify/replay`).
 pub fn notify_replay(args: NotifyReplayArgs) -> Result<String, CliError> {
-    refuse_postgres(&args.store.db)?;
     let from_seq = args.from_seq.max(1);
+    // On PostgreSQL the cursor is shared: moved here, the delivering instance follows
+    // it at its next read.
+    if let Some(url) = store::postgres_url(&args.store.db) {
+        use store::notify::NotifyStore;
+        store::postgres::notify::PgNotify::new(url).replay(from_seq)?;
+        return Ok(format!(
+            "replay from seq {from_seq}: the instance that delivers sends them from its next read"
+        ));
+    }
     match store::open(&args.store.db, args.store.synchronous.into()) {
         Ok((mut conn, _lock)) => {
             store::notify::replay(&mut conn, from_seq)?;
@@ -481,16 +491,5 @@ pub fn notify_replay(args: NotifyReplayArgs) -> Result<String, CliError> {
             })
         }
         Err(error) => Err(error.into()),
-    }
-}
-
-/// Push runs on SQLite only (docs/scaling.md): its tools refuse a PostgreSQL URL rather
-/// than create a file named like one.
-fn refuse_postgres(db: &std::path::Path) -> Result<(), CliError> {
-    match store::postgres_url(db) {
-        Some(_) => Err(CliError::Store(StoreError::Unavailable(
-            "push (and `entitled notify`) runs on the SQLite store only for now".into(),
-        ))),
-        None => Ok(()),
     }
 }

@@ -44,8 +44,6 @@ pub enum ServeError {
     WarmUpPanicked,
     #[error("the HTTP server panicked")]
     ServerPanicked,
-    #[error("{0}")]
-    Unsupported(&'static str),
 }
 
 /// Start-up: open and migrate the database, bind, serve (`/readyz` says 503 while the
@@ -79,9 +77,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         }
     };
     let writer_thread = start_writer(conn, &state, &args, queue)?;
-    if let Some(notifier) = &state.notifier {
-        notifier.start()?;
-    }
+    start_push(&state).await?;
     serve_until_stopped(&state, server, writer_thread).await
 }
 
@@ -153,11 +149,22 @@ fn push(args: &ServeArgs, status: &Arc<Status>) -> Result<Option<Arc<Notifier>>,
         access_levels: args.notify.notify_access_levels.iter().cloned().collect(),
         retry_for: args.notify.notify_retry_for,
     };
-    Ok(Some(Notifier::open(
-        &args.store.db,
-        settings,
-        status.clone(),
-    )?))
+    // Push's own connection: SQLite's at `synchronous=NORMAL` (store::notify says
+    // why); PostgreSQL's outside the pool, holding the delivery lock when it delivers.
+    let store: Box<dyn store::notify::NotifyStore> = match store::postgres_url(&args.store.db) {
+        Some(url) => Box::new(pg::notify::PgNotify::new(url)),
+        None => Box::new(store::connect(&args.store.db, store::Synchronous::Normal)?),
+    };
+    Ok(Some(Notifier::new(store, settings, status.clone())))
+}
+
+/// Makes push's cursor and starts its thread, once the writer runs and before the
+/// daemon takes events (on the blocking pool: the store's calls block).
+async fn start_push(state: &AppState) -> Result<(), ServeError> {
+    if let Some(notifier) = state.notifier.clone() {
+        blocking(move || notifier.start()).await?;
+    }
+    Ok(())
 }
 
 /// Requests a second the daemon makes to Adapty's API at most (refresh routes,
@@ -371,12 +378,6 @@ fn postgres_url(args: &ServeArgs) -> Option<String> {
 /// writer and the follower that keeps the index on what every instance commits. Every
 /// call to PostgreSQL runs on a blocking thread (the driver is blocking).
 async fn serve_on_postgres(url: String, args: ServeArgs) -> Result<(), ServeError> {
-    if args.notify.notify_url.is_some() {
-        return Err(ServeError::Unsupported(
-            "push (--notify-url) runs on the SQLite store only for now: its delivery cursor is \
-             not shared between instances yet (docs/scaling.md)",
-        ));
-    }
     // The pool connects on first use: the daemon listens (503 `not_ready`) whether or
     // not PostgreSQL answers yet.
     let pool = pg::pool(&url, POSTGRES_POOL)?;
@@ -392,6 +393,8 @@ async fn serve_on_postgres(url: String, args: ServeArgs) -> Result<(), ServeErro
         Ok(follower) => follower,
         Err(error) => {
             server.handle.stop(false).await;
+            // The pool's connections close by blocking, which an async thread must not.
+            let _ = actix_web::rt::task::spawn_blocking(move || drop((state, pool))).await;
             return Err(error);
         }
     };
@@ -399,6 +402,7 @@ async fn serve_on_postgres(url: String, args: ServeArgs) -> Result<(), ServeErro
     let (lapses, status) = (lapse_checks(&state, &args), state.status.clone());
     let writer_thread =
         blocking(move || pg::start(follower, &pool, status, rules, decode, lapses, queue)).await?;
+    start_push(&state).await?;
     tracing::info!(
         profiles = state.index.profile_count(),
         elapsed_ms = started.elapsed().as_millis() as u64,

@@ -21,11 +21,10 @@ pub use signer::Signer;
 
 use crate::access::change::{AccessChange, PushMessage};
 use crate::status::Status;
-use crate::store::{self, notify, StoreError, Synchronous};
+use crate::store::notify::{self, NotifyStore};
+use crate::store::{self, StoreError};
 use crate::timestamp::Timestamp;
-use rusqlite::Connection;
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -50,7 +49,9 @@ pub struct Settings {
 /// The delivery, shared between its thread and the HTTP routes.
 pub struct Notifier {
     settings: Settings,
-    conn: Mutex<Connection>,
+    /// The cursor and the feed: SQLite's own connection, or PostgreSQL's (which also
+    /// says whether this instance is the one that delivers).
+    store: Mutex<Box<dyn NotifyStore>>,
     status: Arc<Status>,
     /// Woken by a replay, so that a delivery in backoff starts over at once.
     replayed: Notify,
@@ -62,30 +63,27 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Opens the delivery's connection and makes the cursor (at the newest change,
-    /// the first time).
-    pub fn open(
-        path: &Path,
-        settings: Settings,
-        status: Arc<Status>,
-    ) -> Result<Arc<Self>, StoreError> {
-        let conn = store::connect(path, Synchronous::Normal)?;
-        let cursor = notify::start(&conn)?;
-        tracing::info!(url = %settings.url, delivered_seq = cursor, "push is on");
-        Ok(Arc::new(Notifier {
+    /// The delivery, on its store's connection; [`Notifier::start`] makes the cursor.
+    pub fn new(store: Box<dyn NotifyStore>, settings: Settings, status: Arc<Status>) -> Arc<Self> {
+        Arc::new(Notifier {
             settings,
-            conn: Mutex::new(conn),
+            store: Mutex::new(store),
             status,
             replayed: Notify::new(),
             replay_pending: AtomicBool::new(false),
             oldest_pending: AtomicI64::new(0),
-            cursor: AtomicI64::new(cursor),
-        }))
+            cursor: AtomicI64::new(0),
+        })
     }
 
-    /// Starts the delivery thread. It ends at shutdown (a delivery in flight is sent
-    /// again at the next start, unless it was confirmed first).
-    pub fn start(self: &Arc<Self>) -> std::io::Result<()> {
+    /// Makes the cursor (at the newest change, the first time: history is not sent)
+    /// and starts the delivery thread. Called before the daemon takes events. The
+    /// thread ends at shutdown (a delivery in flight is sent again at the next start,
+    /// unless it was confirmed first).
+    pub fn start(self: &Arc<Self>) -> Result<(), StoreError> {
+        let cursor = self.with_store(|store| store.start())?;
+        self.cursor.store(cursor, Ordering::Release);
+        tracing::info!(url = %self.settings.url, delivered_seq = cursor, "push is on");
         let notifier = self.clone();
         std::thread::Builder::new()
             .name("entitled-notify".into())
@@ -104,14 +102,15 @@ impl Notifier {
                 runtime.block_on(notifier.run());
             })
             .map(|_| ())
+            .map_err(|e| StoreError::Unavailable(format!("push's thread: {e}")))
     }
 
-    fn with_conn<T>(
+    fn with_store<T>(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+        f: impl FnOnce(&mut dyn NotifyStore) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        f(&mut conn)
+        let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut **store)
     }
 
     /// The parked changes, oldest first.
@@ -119,8 +118,9 @@ impl Notifier {
         &self,
         limit: u32,
     ) -> Result<Vec<(notify::Parked, Option<AccessChange>)>, StoreError> {
-        self.with_conn(|conn| {
-            Ok(notify::failed(conn, limit)?
+        self.with_store(|store| {
+            Ok(store
+                .failed(limit)?
                 .into_iter()
                 .map(|(parked, change)| (parked, change.map(AccessChange::from)))
                 .collect())
@@ -129,7 +129,7 @@ impl Notifier {
 
     /// Sends every change from `from_seq` on again, the parked ones too.
     pub fn replay(&self, from_seq: i64) -> Result<(), StoreError> {
-        self.with_conn(|conn| notify::replay(conn, from_seq))?;
+        self.with_store(|store| store.replay(from_seq))?;
         self.replay_pending.store(true, Ordering::Release);
         self.replayed.notify_one();
         tracing::info!(from_seq, "push: replay asked");
@@ -172,27 +172,44 @@ impl Notifier {
             if self.status.is_stopped() {
                 return;
             }
+            // On PostgreSQL one instance delivers; the others wait their turn.
+            match self.with_store(|store| store.may_deliver()) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.oldest_pending.store(0, Ordering::Release);
+                    self.idle(STANDBY_POLL).await;
+                    continue;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "push cannot reach the store; retrying in 5 s");
+                    self.idle(Duration::from_secs(5)).await;
+                    continue;
+                }
+            }
             self.replay_pending.store(false, Ordering::Release);
             let newest = *changes.borrow_and_update();
-            let next = self.with_conn(|conn| {
-                let cursor = notify::cursor(conn)?.unwrap_or(0);
-                let next = store::changes_after(conn, cursor, newest, 1)?.pop();
+            let next = self.with_store(|store| {
+                let cursor = store.cursor()?.unwrap_or(0);
+                let next = store.next_change(cursor, newest)?;
                 Ok((cursor, next))
             });
             let (cursor, change) = match next {
                 Ok((cursor, change)) => (cursor, change),
                 Err(error) => {
                     tracing::error!(%error, "push cannot read the change feed; retrying in 5 s");
-                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    self.idle(Duration::from_secs(5)).await;
                     continue;
                 }
             };
             self.cursor.store(cursor, Ordering::Release);
             let Some(change) = change else {
                 self.oldest_pending.store(0, Ordering::Release);
+                // Also each second: on PostgreSQL a replay may come from another
+                // instance or the tool, which move the shared cursor without waking us.
                 tokio::select! {
                     _ = changes.changed() => {}
                     () = self.replayed.notified() => {}
+                    () = tokio::time::sleep(STANDBY_POLL) => {}
                 }
                 continue;
             };
@@ -208,6 +225,15 @@ impl Notifier {
         }
     }
 
+    /// Waits `wait`, or less when stopping.
+    async fn idle(&self, wait: Duration) {
+        let mut stopping = self.status.watch_changes();
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = async { while !self.status.is_stopped() { if stopping.changed().await.is_err() { break } } } => {}
+        }
+    }
+
     fn wanted(&self, change: &store::AccessChange) -> bool {
         self.settings.access_levels.is_empty()
             || self
@@ -219,7 +245,7 @@ impl Notifier {
     /// Moves the cursor from `from` past `seq` (unless a replay moved it meanwhile).
     fn confirm(&self, from: i64, seq: i64, outcome: &'static str) {
         counted(outcome);
-        if let Err(error) = self.with_conn(|conn| notify::advance(conn, from, seq)) {
+        if let Err(error) = self.with_store(|store| store.advance(from, seq)) {
             // Not moved: the change is sent again, which at-least-once allows.
             tracing::error!(seq, %error, "push cannot record a delivery; it will be sent again");
         }
@@ -272,7 +298,7 @@ impl Notifier {
                     last_failed_at: now,
                     last_error: error.clone(),
                 };
-                match self.with_conn(|conn| notify::park(conn, cursor, &parked)) {
+                match self.with_store(|store| store.park(cursor, &parked)) {
                     Ok(()) => counted("parked"),
                     Err(store_error) => {
                         tracing::error!(seq, %store_error, "push cannot park a change")
@@ -296,6 +322,10 @@ impl Notifier {
         }
     }
 }
+
+/// How often an instance that does not deliver (PostgreSQL: another holds the
+/// delivery lock) asks again: how long a dead deliverer's changes wait, at most.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
 
 /// The nice value of the push thread: below lookups and ingestion when the CPU is
 /// short (a flood of 10,000 changes on one core took 41 % of the lookups' throughput

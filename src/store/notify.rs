@@ -8,6 +8,61 @@ use super::{changes_after, AccessChange, StoreError};
 use crate::timestamp::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+/// What push asks of a store: the cursor, the feed after it, parking and replaying.
+/// SQLite's is a connection of push's own (the functions below); PostgreSQL's
+/// (`store::postgres::notify`) also decides which instance delivers.
+pub trait NotifyStore: Send {
+    /// Makes the cursor (at the newest change, the first time) and returns it.
+    fn start(&mut self) -> Result<i64, StoreError>;
+    /// Where delivery stands; `None` before the first start with a URL.
+    fn cursor(&mut self) -> Result<Option<i64>, StoreError>;
+    /// The first change after `after`, at most `up_to`.
+    fn next_change(&mut self, after: i64, up_to: i64) -> Result<Option<AccessChange>, StoreError>;
+    /// Moves the cursor from `from` to `seq`, unless it moved meanwhile (a replay).
+    fn advance(&mut self, from: i64, seq: i64) -> Result<bool, StoreError>;
+    fn park(&mut self, from: i64, parked: &Parked) -> Result<(), StoreError>;
+    fn failed(&mut self, limit: u32) -> Result<Vec<(Parked, Option<AccessChange>)>, StoreError>;
+    fn failed_count(&mut self) -> Result<i64, StoreError>;
+    fn replay(&mut self, from_seq: i64) -> Result<(), StoreError>;
+    /// The newest change of the feed (0 when none), for `entitled notify status`.
+    fn newest_change(&mut self) -> Result<i64, StoreError>;
+    /// Whether this process delivers now: always on SQLite (one daemon a file); on
+    /// PostgreSQL, the one instance that holds the delivery lock.
+    fn may_deliver(&mut self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+}
+
+impl NotifyStore for Connection {
+    fn start(&mut self) -> Result<i64, StoreError> {
+        start(self)
+    }
+    fn cursor(&mut self) -> Result<Option<i64>, StoreError> {
+        cursor(self)
+    }
+    fn next_change(&mut self, after: i64, up_to: i64) -> Result<Option<AccessChange>, StoreError> {
+        Ok(changes_after(self, after, up_to, 1)?.pop())
+    }
+    fn advance(&mut self, from: i64, seq: i64) -> Result<bool, StoreError> {
+        advance(self, from, seq)
+    }
+    fn park(&mut self, from: i64, parked: &Parked) -> Result<(), StoreError> {
+        park(self, from, parked)
+    }
+    fn failed(&mut self, limit: u32) -> Result<Vec<(Parked, Option<AccessChange>)>, StoreError> {
+        failed(self, limit)
+    }
+    fn failed_count(&mut self) -> Result<i64, StoreError> {
+        failed_count(self)
+    }
+    fn replay(&mut self, from_seq: i64) -> Result<(), StoreError> {
+        replay(self, from_seq)
+    }
+    fn newest_change(&mut self) -> Result<i64, StoreError> {
+        super::newest_change(self)
+    }
+}
+
 /// Where delivery stands; `None` before the first start with a URL.
 pub fn cursor(conn: &Connection) -> Result<Option<i64>, StoreError> {
     Ok(conn

@@ -8,7 +8,8 @@
 //! - the tools on a URL: `rebuild --check`, `access`, `events`, `import` beside running
 //!   instances;
 //! - a silent expiry, seen by every instance's clock, reaches the change feed once;
-//! - an instance started while PostgreSQL is down waits for it, then serves.
+//! - an instance started while PostgreSQL is down waits for it, then serves;
+//! - a database of schema version 1 is upgraded at start (push's tables).
 
 use crate::helpers::*;
 use crate::pg_server;
@@ -146,7 +147,7 @@ async fn instances_starting_together_on_an_empty_database_both_serve() {
             .expect("the schema's version");
         rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>()
     });
-    assert_eq!(version, vec![1], "one schema, migrated once");
+    assert_eq!(version, vec![2], "one schema, migrated once");
     let t = now();
     daemons[2]
         .store(&subscription_started("together").at(t - minutes(1)))
@@ -219,6 +220,15 @@ async fn migrate_moves_a_sqlite_installation_and_can_run_again() {
         .await;
     let feed_after = sqlite.get("/changes?after=0").await;
     sqlite.stop();
+    // Push had delivered up to seq 2 on the file: the cursor moves with the rest.
+    rusqlite::Connection::open(&file)
+        .and_then(|c| {
+            c.execute(
+                "INSERT INTO notify_state (id, delivered_seq) VALUES (1, 2)",
+                [],
+            )
+        })
+        .expect("a push cursor in the file");
     let second = tool(&["migrate", "--from", &file_arg, "--to", &url, "--quiet"]);
     assert!(second.status.success(), "{second}");
     assert!(
@@ -232,6 +242,12 @@ async fn migrate_moves_a_sqlite_installation_and_can_run_again() {
         second.stdout
     );
 
+    let cursor = pg_server::with_client(&url, |c| {
+        c.query_one("SELECT delivered_seq FROM notify_state", &[])
+            .expect("push's cursor")
+            .get::<_, i64>(0)
+    });
+    assert_eq!(cursor, 2);
     // An instance on PostgreSQL answers as the file did, and the feed keeps its seq.
     let pg = Daemon::start_on(&url, &[]);
     for (id, answer) in ["mig-1", "mig-2", "mig-3"].iter().zip(&before) {
@@ -324,10 +340,14 @@ async fn the_tools_work_on_a_url_beside_running_instances() {
     })
     .await;
 
-    // Push is SQLite-only: its tool says so rather than create a file named like a URL.
+    // Push's tool reads the shared cursor (push has not run on this database).
     let notify = tool(&["notify", "status", "--db", &url]);
-    assert!(!notify.status.success(), "{notify}");
-    assert!(notify.stderr.contains("SQLite"), "{}", notify.stderr);
+    assert!(notify.status.success(), "{notify}");
+    assert!(
+        notify.stdout.contains("push has not run"),
+        "{}",
+        notify.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,4 +421,50 @@ async fn an_instance_started_while_postgresql_is_down_serves_once_it_is_up() {
         .store(&subscription_started("late-start").at(t - minutes(1)))
         .await;
     assert!(daemon.active("late-start", "premium").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_database_is_upgraded_at_start() {
+    let url = pg_server::shared().fresh_database();
+    let t = now();
+    let event = subscription_started("v1-profile").at(t - hours(1));
+    let body = event.0.to_string();
+    let at = out_time(t - hours(1));
+    pg_server::with_client(&url, |c| {
+        c.batch_execute(include_str!("../fixtures/postgres-schema-v1.sql"))
+            .expect("the version 1 schema");
+        c.execute(
+            "INSERT INTO events (profile_event_id, profile_id, event_type, canonical_type, \
+             event_datetime, received_at, body) \
+             VALUES ($1, 'v1-profile', 'subscription_started', 'subscription_started', $2, $2, $3)",
+            &[&event.event_id(), &at, &body],
+        )
+        .expect("an event of version 1");
+    });
+    let daemon = Daemon::start_on(&url, &[]);
+    let (version, push_tables) = pg_server::with_client(&url, |c| {
+        let version: i32 = c
+            .query_one("SELECT version FROM entitled_schema", &[])
+            .expect("the version")
+            .get(0);
+        let tables: i64 = c
+            .query_one(
+                "SELECT count(*) FROM information_schema.tables \
+                 WHERE table_name IN ('notify_state', 'notify_failed')",
+                &[],
+            )
+            .expect("the tables")
+            .get(0);
+        (version, tables)
+    });
+    assert_eq!((version, push_tables), (2, 2));
+    // What version 1 stored is still there: a rebuild folds it.
+    assert_eq!(daemon.events_count(), 1);
+    let rebuilt = tool(&["rebuild", "--db", &url]);
+    assert!(rebuilt.status.success(), "{rebuilt}");
+    assert!(rebuilt.stdout.contains("1 added"), "{}", rebuilt.stdout);
+    until(&daemon, "v1-profile", "rebuilt", |v| {
+        v["premium"] == json!(true)
+    })
+    .await;
 }

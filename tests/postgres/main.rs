@@ -9,8 +9,9 @@
 //! events) with random events sent to two instances at once.
 //!
 //! Included: the suites that test behaviour over HTTP: adapty_api, auth, changes,
-//! config, durability, events, expiry, history, hostile, malformed, ordering, security,
-//! sharing, upgrade, users. Their tests that need the SQLite file itself are wrapped in
+//! config, durability, events, expiry, history, hostile, malformed, notify (push, with
+//! the delivery lock: one instance delivers), ordering, security, sharing, upgrade,
+//! users. Their tests that need the SQLite file itself are wrapped in
 //! `sqlite_only!`, which this binary drops:
 //! - durability: `the_database_is_readable_while_the_daemon_runs` (a read transaction
 //!   on the file beside the writer, SQLite's WAL); its kill -9 test skips `PRAGMA
@@ -32,7 +33,6 @@
 //!   PostgreSQL counterpart);
 //! - operations: provokes storage errors through SQLite's write lock and reads its WAL
 //!   file beside its HTTP tests;
-//! - notify: reads `notify_state` from the file and starts daemons in directories;
 //! - overload, deploy, layers: nothing of the store (slow clients, the deployment
 //!   files, the module graph): once, in `api`, is enough.
 
@@ -59,6 +59,8 @@ mod fake_adapty;
 mod helpers;
 #[path = "../api/multi.rs"]
 mod multi;
+#[path = "../api/notify.rs"]
+mod notify;
 #[path = "../api/pg_follow.rs"]
 mod pg_follow;
 #[path = "../api/pg_property.rs"]

@@ -6,7 +6,8 @@
 //!   a new one;
 //! - `profiles`, `entitlements` (with what the feed last said of each) and
 //!   `access_changes` with their `seq`, so a consumer of `GET /changes` keeps its
-//!   cursor; rows already there are kept;
+//!   cursor, and push's cursor and parked changes, so push goes on where it stopped;
+//!   rows already there are kept;
 //! - then the projection is rebuilt on PostgreSQL under the configuration given, as
 //!   `entitled rebuild` does (it finds nothing to change when the configuration is the
 //!   one the file was folded with).
@@ -21,6 +22,7 @@ use crate::store::rebuild::Summary;
 use crate::store::writer::Decode;
 use crate::store::{open_read_only, StoreError};
 use crate::timestamp::Timestamp;
+use rusqlite::OptionalExtension;
 use std::path::Path;
 
 /// Events copied in one transaction.
@@ -224,6 +226,41 @@ pub fn migrate(
                     &seq, &p, &user, &l, &active, &reason, &event, &expires, &at, &from,
                 ],
             )?;
+        }
+    }
+    // Push's cursor and parked changes (the feed's seq values are the file's): the
+    // instance that delivers goes on where the SQLite daemon stopped.
+    {
+        let cursor: Option<i64> = sqlite
+            .query_row(
+                "SELECT delivered_seq FROM notify_state WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(cursor) = cursor {
+            tx.execute(
+                "INSERT INTO notify_state (id, delivered_seq) VALUES (1, $1) \
+                 ON CONFLICT (id) DO NOTHING",
+                &[&cursor],
+            )?;
+        }
+        let mut stmt = sqlite.prepare(
+            "SELECT seq, attempts, first_failed_at, last_failed_at, last_error FROM notify_failed",
+        )?;
+        let insert = tx.prepare(
+            "INSERT INTO notify_failed (seq, attempts, first_failed_at, last_failed_at, \
+             last_error) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let (seq, attempts) = (r.get::<_, i64>(0)?, r.get::<_, i64>(1)?);
+            let (first, last, error) = (
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+            );
+            tx.execute(&insert, &[&seq, &attempts, &first, &last, &error])?;
         }
     }
     // The sequences go on after what was copied.

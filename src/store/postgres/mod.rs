@@ -24,6 +24,7 @@
 
 pub mod copy;
 pub mod follow;
+pub mod notify;
 pub mod reader;
 pub mod writer;
 

@@ -6,7 +6,7 @@ use super::SCHEMA;
 use crate::store::StoreError;
 
 /// The version `schema.postgres.sql` creates (`entitled_schema.version`).
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The advisory lock key of migrations ("entd" and 1).
 const MIGRATION_LOCK: i64 = 0x656e_7464_0000_0001;
@@ -51,8 +51,29 @@ pub(super) fn migrate(client: &mut postgres::Client, name: &str) -> Result<(), S
             ),
         });
     }
-    // Upgrades go here, one version at a time, in this transaction (version 1 is the
-    // first).
+    // One version at a time, in this transaction.
+    if version < 2 {
+        // Push's cursor and parked changes.
+        tx.batch_execute(schema_statement("CREATE TABLE notify_state"))?;
+        tx.batch_execute(schema_statement("CREATE TABLE notify_failed"))?;
+        tx.execute("UPDATE entitled_schema SET version = 2", &[])?;
+        tracing::info!(
+            db = name,
+            "upgraded the schema to version 2 (push's tables)"
+        );
+    }
     tx.commit()?;
     Ok(())
+}
+
+/// The statement of [`SCHEMA`] that starts with `head`, through the first `);` after
+/// it: an upgrade creates what a new database gets, from the one text.
+fn schema_statement(head: &str) -> &'static str {
+    let start = SCHEMA
+        .find(head)
+        .unwrap_or_else(|| panic!("schema.postgres.sql has no `{head}`"));
+    let length = SCHEMA[start..]
+        .find(");")
+        .unwrap_or_else(|| panic!("schema.postgres.sql's `{head}` does not end in `);`"));
+    &SCHEMA[start..start + length + 2]
 }
