@@ -25,9 +25,15 @@
 //!
 //! `--only-push-flood` measures only lookups during a flood of 10,000 changes, with
 //! push (`--notify-url`, to a receiver served by the bench) and without (push.rs).
+//!
+//! `--only-postgres` measures only the PostgreSQL store, on a server it starts: ingest
+//! through two instances on one database (and one) against one client inserting the
+//! same rows, follower lag, and lookups and start-up against SQLite (postgres.rs). It
+//! writes the PostgreSQL section of BENCHMARKS.md and keeps the rest.
 
 mod ceiling;
 mod load;
+mod postgres;
 mod push;
 mod report;
 mod storage;
@@ -66,6 +72,7 @@ struct Args {
     only_sync: bool,
     sync_profiles: u64,
     only_push_flood: bool,
+    only_postgres: bool,
     fsync_delay_us: Option<u64>,
     figures_to: Option<PathBuf>,
     rerender: Option<PathBuf>,
@@ -83,11 +90,13 @@ fn parse_args(repo: &Path) -> Args {
     let quick = flags.quick;
     Args {
         quick,
-        profiles: flags.profiles.unwrap_or(if quick || flags.only_push_flood {
-            100_000
-        } else {
-            1_000_000
-        }),
+        profiles: flags.profiles.unwrap_or(
+            if quick || flags.only_push_flood || flags.only_postgres {
+                100_000
+            } else {
+                1_000_000
+            },
+        ),
         seconds: flags.seconds.unwrap_or(if quick { 5 } else { 10 }),
         connections: flags.connections,
         mixed_rate: flags.mixed_ingest_rate,
@@ -99,9 +108,11 @@ fn parse_args(repo: &Path) -> Args {
         only_sync: flags.only_sync,
         sync_profiles: flags.sync_profiles,
         only_push_flood: flags.only_push_flood,
+        only_postgres: flags.only_postgres,
         fsync_delay_us: flags.fsync_delay_us,
         figures_to: flags.figures_to,
         rerender: flags.rerender,
+        // --only-postgres writes its own section of the report, and keeps the rest.
         out: flags.out.or_else(|| {
             (!quick
                 && !flags.only_ingest
@@ -285,6 +296,54 @@ fn run() -> Result<()> {
             warmup: Duration::from_secs(if args.quick { 1 } else { 2 }),
             window: Duration::from_secs(args.seconds),
             lookups: lookup_requests(args.profiles),
+        });
+    }
+
+    if args.only_postgres {
+        eprintln!(
+            "database: {} profiles, {} events (cached in {})",
+            args.profiles,
+            args.profiles * gen::EVENTS_PER_PROFILE,
+            data_dir.display()
+        );
+        let (db, reused) = storage::ensure_dataset(&bin, &data_dir, args.profiles)?;
+        eprintln!(
+            "database: {} ({})",
+            db.display(),
+            if reused { "reused" } else { "generated" }
+        );
+        let tmp = tempfile::Builder::new()
+            .prefix("run-")
+            .tempdir_in(&data_dir)?;
+        let mut command =
+            "cargo run --release --example entitled-bench -- --only-postgres".to_owned();
+        if args.quick {
+            command.push_str(" --quick");
+        }
+        for (flag, value, default) in [
+            ("--profiles", args.profiles, 100_000),
+            ("--seconds", args.seconds, if args.quick { 5 } else { 10 }),
+            ("--connections", args.connections as u64, 64),
+        ] {
+            if value != default {
+                command.push_str(&format!(" {flag} {value}"));
+            }
+        }
+        if !args.pin {
+            command.push_str(" --no-pin");
+        }
+        return postgres::run(&postgres::Setup {
+            bin: &bin,
+            dir: tmp.path(),
+            profiles: args.profiles,
+            connections: args.connections,
+            warmup: Duration::from_secs(if args.quick { 1 } else { 2 }),
+            window: Duration::from_secs(args.seconds),
+            quick: args.quick,
+            pin: args.pin,
+            dataset: &db,
+            out: args.out.clone(),
+            command,
         });
     }
 
@@ -720,6 +779,10 @@ fn run() -> Result<()> {
     let table = report.table();
     println!("\n{table}");
     if let Some(out) = &args.out {
+        // The PostgreSQL section is not measured here: the file's own stays.
+        if let Ok(text) = std::fs::read_to_string(out) {
+            report.postgres = Report::saved_in(&text).ok().and_then(|old| old.postgres);
+        }
         std::fs::write(out, report.markdown()?)?;
         eprintln!("wrote {}", out.display());
     }

@@ -43,6 +43,11 @@ pub struct Report {
     pub machine: String,
     pub checks: Vec<Check>,
     pub details: Vec<String>,
+    /// The PostgreSQL mode's section (`--only-postgres`): a run of its own, which writes
+    /// only this and keeps the rest; a full run keeps the section of the file it
+    /// replaces. `None` in files from before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSection>,
     /// What the checks are computed from, not shown as such.
     #[serde(skip)]
     pub lookup_body: usize,
@@ -56,6 +61,25 @@ pub struct Report {
 const FIGURES_START: &str = "<!-- The figures of this run, which `--rerender` reads:\n";
 const FIGURES_END: &str = "\n-->\n";
 
+/// The PostgreSQL section of BENCHMARKS.md: one `--only-postgres` run, with its own
+/// date, commit and machine, since it is not measured with the rest.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+pub struct PostgresSection {
+    pub date: String,
+    pub commit: Option<String>,
+    pub command: String,
+    pub machine: String,
+    pub load_before: String,
+    pub load_after: String,
+    /// The server: version, where it ran, its settings.
+    pub server: String,
+    /// How the processes were placed on cores, phase by phase.
+    pub pinning: String,
+    pub load: String,
+    pub checks: Vec<Check>,
+    pub details: Vec<String>,
+}
+
 /// The figures of an `--only-ingest` run, as a re-run of this example on the slower
 /// disk hands them back (`--figures-to`).
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -67,7 +91,7 @@ pub struct IngestFigures {
     pub sync_ms: f64,
 }
 
-fn ms(d: f64) -> String {
+pub fn ms(d: f64) -> String {
     if d < 10.0 {
         format!("{d:.3} ms")
     } else {
@@ -76,7 +100,7 @@ fn ms(d: f64) -> String {
 }
 
 /// The ratios of alternating pairs, as the report lists them: "0.76, 0.87, 0.91".
-fn ratio_list(ratios: &[f64]) -> String {
+pub fn ratio_list(ratios: &[f64]) -> String {
     ratios
         .iter()
         .map(|r| format!("{r:.2}"))
@@ -84,7 +108,7 @@ fn ratio_list(ratios: &[f64]) -> String {
         .join(", ")
 }
 
-fn latencies(s: &Stats) -> String {
+pub fn latencies(s: &Stats) -> String {
     format!(
         "p50 {} / p99 {} / p99.9 {}",
         ms(s.ms(0.5)),
@@ -93,7 +117,8 @@ fn latencies(s: &Stats) -> String {
     )
 }
 
-fn detail(name: &str, s: &Stats) -> String {
+/// One row of the table of every phase.
+pub fn detail(name: &str, s: &Stats) -> String {
     let stolen = if s.stolen.is_empty() {
         "–".to_owned()
     } else {
@@ -351,33 +376,11 @@ impl Report {
     }
 
     pub fn table(&self) -> String {
-        let mut t = String::new();
-        t.push_str("| measurement | result | baseline (same run) | ratio | target | |\n");
-        t.push_str("|---|---|---|---|---|---|\n");
-        for c in &self.checks {
-            let verdict = match c.pass {
-                Some(true) => "PASS",
-                Some(false) => "**FAIL**",
-                None => "",
-            };
-            let _ = writeln!(
-                t,
-                "| {} | {} | {} | {} | {} | {verdict} |",
-                c.name, c.value, c.baseline, c.ratio, c.target
-            );
-        }
-        t
+        checks_table(&self.checks)
     }
 
     pub fn details_table(&self) -> String {
-        let mut t = String::from(
-            "| phase | req/s | p50 | p99 | p99.9 | p99.99 | max | non-2xx / errors | server CPU (cores) | client CPU (cores) | stolen by the host (ms, core 0 / 1) | other processes' CPU (cores; the biggest) | pacer late (paced phases) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
-        );
-        for d in &self.details {
-            t.push_str(d);
-            t.push('\n');
-        }
-        t
+        details_table(&self.details)
     }
 
     /// BENCHMARKS.md: the run, its table of targets with verdicts, every phase, how to
@@ -391,16 +394,50 @@ impl Report {
         // serde_json leaves `>` alone, and "-->" can only occur inside a string, where
         // `\u003e` reads back as the same `>`.
         let figures = serde_json::to_string_pretty(self)?.replace("-->", "--\\u003e");
+        let this_run = if self.checks.is_empty() {
+            "## This run\n\nNo full run is recorded in this file.\n\n".to_owned()
+        } else {
+            self.this_run(commit)
+        };
+        let postgres = self
+            .postgres
+            .as_ref()
+            .map(|p| p.markdown() + "\n")
+            .unwrap_or_default();
         Ok(format!(
             "# Benchmarks\n\n\
              <!-- Written by `cargo run --release --example entitled-bench` \
              (examples/entitled-bench/report.rs); not edited by hand. -->\n\n\
              The figures of one run of `cargo run --release --example entitled-bench`: the \
              daemon over real HTTP on a real SQLite file, every figure against a baseline \
-             measured in the same run, because absolute times drift on shared machines. What \
-             each figure means, how it is measured and what was tried: \
+             measured in the same run, because absolute times drift on shared machines; and \
+             of one run of its PostgreSQL mode (`-- --only-postgres`), in a section of its \
+             own. What each figure means, how it is measured and what was tried: \
              [docs/performance.md](docs/performance.md).\n\n\
-             ## This run\n\n\
+             {this_run}\
+             {postgres}\
+             ## How to run it\n\n\
+             ```sh\n\
+             cargo run --release --example entitled-bench                # full run, writes BENCHMARKS.md\n\
+             cargo run --release --example entitled-bench -- --quick     # 100k profiles, 5 s phases, writes nothing\n\
+             cargo run --release --example entitled-bench -- --only-postgres  # the PostgreSQL section only (~5 min)\n\
+             cargo run --release --example entitled-bench -- --help      # the flags (the table below)\n\
+             cargo run --example entitled-bench -- --rerender BENCHMARKS.md  # this file in a new layout, from its saved figures\n\
+             cargo bench --bench projection                              # parser / projection micro-benchmarks\n\
+             cargo run --release --example soak -- --minutes 10          # steady mixed load: drift, and no acknowledged event lost\n\
+             ```\n\n\
+             The first full run builds the 1M-profile database in `target/bench-data/` (~18 GB) \
+             and reuses it after. No timing runs under `cargo test`.\n\n\
+             {flags}\n\
+             {FIGURES_START}{figures}{FIGURES_END}",
+            flags = flags::markdown_table(&Bench::command()),
+        ))
+    }
+
+    /// The "This run" part: the full run's conditions, its checks and every phase.
+    fn this_run(&self, commit: &str) -> String {
+        format!(
+            "## This run\n\n\
              - date: {date}\n\
              - commit: {commit}\n\
              - command: `{cmd}`\n\
@@ -415,20 +452,7 @@ impl Report {
              time in paced phases\n\n\
              {table}\n\
              ### Every phase\n\n\
-             {details}\n\
-             ## How to run it\n\n\
-             ```sh\n\
-             cargo run --release --example entitled-bench                # full run, writes BENCHMARKS.md\n\
-             cargo run --release --example entitled-bench -- --quick     # 100k profiles, 5 s phases, writes nothing\n\
-             cargo run --release --example entitled-bench -- --help      # the flags (the table below)\n\
-             cargo run --example entitled-bench -- --rerender BENCHMARKS.md  # this file in a new layout, from its saved figures\n\
-             cargo bench --bench projection                              # parser / projection micro-benchmarks\n\
-             cargo run --release --example soak -- --minutes 10          # steady mixed load: drift, and no acknowledged event lost\n\
-             ```\n\n\
-             The first full run builds the 1M-profile database in `target/bench-data/` (~18 GB) \
-             and reuses it after. No timing runs under `cargo test`.\n\n\
-             {flags}\n\
-             {FIGURES_START}{figures}{FIGURES_END}",
+             {details}\n",
             date = self.date,
             cmd = self.command,
             machine = self.machine,
@@ -442,8 +466,7 @@ impl Report {
             ingest_secs = self.seconds as f64 * 1.5,
             table = self.table(),
             details = self.details_table(),
-            flags = flags::markdown_table(&Bench::command()),
-        ))
+        )
     }
 
     /// The figures saved at the end of a BENCHMARKS.md that [`Report::markdown`] wrote.
@@ -456,6 +479,74 @@ impl Report {
             .find(FIGURES_END)
             .ok_or("the saved figures are cut short")?;
         Ok(serde_json::from_str(&markdown[start..start + len])?)
+    }
+}
+
+/// The table of checks: a measurement, its same-run baseline, the ratio, the target.
+pub fn checks_table(checks: &[Check]) -> String {
+    let mut t = String::new();
+    t.push_str("| measurement | result | baseline (same run) | ratio | target | |\n");
+    t.push_str("|---|---|---|---|---|---|\n");
+    for c in checks {
+        let verdict = match c.pass {
+            Some(true) => "PASS",
+            Some(false) => "**FAIL**",
+            None => "",
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {verdict} |",
+            c.name, c.value, c.baseline, c.ratio, c.target
+        );
+    }
+    t
+}
+
+/// The table of every phase, from the rows [`detail`] wrote.
+pub fn details_table(details: &[String]) -> String {
+    let mut t = String::from(
+        "| phase | req/s | p50 | p99 | p99.9 | p99.99 | max | non-2xx / errors | server CPU (cores) | client CPU (cores) | stolen by the host (ms, core 0 / 1) | other processes' CPU (cores; the biggest) | pacer late (paced phases) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for d in details {
+        t.push_str(d);
+        t.push('\n');
+    }
+    t
+}
+
+impl PostgresSection {
+    /// The section, from its `##` heading to the end of its table of phases.
+    pub fn markdown(&self) -> String {
+        format!(
+            "## PostgreSQL (`--only-postgres`)\n\n\
+             The figures of one run of `{cmd}`, measured apart from the rest of this file: \
+             `entitled serve --db postgres://…` over real HTTP on a real PostgreSQL server \
+             that the benchmark starts itself, every figure against a baseline measured in \
+             the same run on the same server. What each figure means: \
+             [docs/performance.md](docs/performance.md#postgresql-several-instances-on-one-database).\n\n\
+             - date: {date}\n\
+             - commit: {commit}\n\
+             - command: `{cmd}`\n\
+             - machine: {machine}\n\
+             - load average (1/5/15 min) before: {before}; after: {after}\n\
+             - server: {server}\n\
+             - pinning: {pinning}\n\
+             - load: {load}\n\n\
+             {table}\n\
+             ### Every phase (PostgreSQL)\n\n\
+             {details}",
+            cmd = self.command,
+            date = self.date,
+            commit = self.commit.as_deref().unwrap_or("not recorded"),
+            machine = self.machine,
+            before = self.load_before,
+            after = self.load_after,
+            server = self.server,
+            pinning = self.pinning,
+            load = self.load,
+            table = checks_table(&self.checks),
+            details = details_table(&self.details),
+        )
     }
 }
 

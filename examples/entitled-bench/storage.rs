@@ -250,11 +250,11 @@ fn insert_profile(conn: &Connection, rows: &ProfileRows, now: Timestamp) -> Resu
 /// ingest namespace with ~10 % re-sent, as the load client sends them, each with the
 /// rows the daemon writes when it stores it.
 pub struct Row {
-    event: GenEvent,
-    body: String,
+    pub event: GenEvent,
+    pub body: String,
     /// The row the daemon adds to `access_changes` when it stores this event (the first
     /// time it comes): the event's access level now granted (`true`) or no longer.
-    flip: Option<bool>,
+    pub flip: Option<bool>,
 }
 
 pub fn ingest_rows(namespace: u64, count: usize, seed: u64) -> Vec<Row> {

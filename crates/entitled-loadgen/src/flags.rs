@@ -20,7 +20,7 @@ pub struct Bench {
     #[arg(long)]
     pub quick: bool,
     /// Profiles in the start-up / lookup database, 4 events each [default: 1,000,000;
-    /// --quick and --only-push-flood: 100,000].
+    /// --quick, --only-push-flood and --only-postgres: 100,000].
     #[arg(long, value_name = "N", value_parser = positive::<u64>)]
     pub profiles: Option<u64>,
     /// Measured seconds of each load phase (ingest: 1.5x), after a 2 s warm-up
@@ -96,6 +96,21 @@ pub struct Bench {
         conflicts_with_all = ["only_ingest", "only_lookups", "only_mixed", "only_sync", "ingest_on_preloaded", "sync_profiles"]
     )]
     pub only_push_flood: bool,
+    /// Run only the PostgreSQL mode, on a PostgreSQL server this benchmark starts
+    /// (tests/api/pg_server.rs): ingest through two `entitled serve --db postgres://…`
+    /// instances on one database (and through one), against one client inserting the
+    /// same rows (the daemons' batch size, statements and COPY); follower lag (a webhook
+    /// to one instance, the other polled until it shows it), idle and beside an ingest;
+    /// lookups and start-up on --profiles profiles, PostgreSQL against SQLite (three
+    /// alternating pairs); without --quick, start-up on 1,000,000 profiles too
+    /// (PostgreSQL only). Prints its figures and writes the PostgreSQL section of the
+    /// report (--out), keeping the rest of that file as it was; with --quick, writes
+    /// nothing unless --out.
+    #[arg(
+        long,
+        conflicts_with_all = ["only_ingest", "only_lookups", "only_mixed", "only_sync", "only_push_flood", "ingest_on_preloaded", "sync_profiles"]
+    )]
+    pub only_postgres: bool,
     /// With --only-ingest: make every fsync and fdatasync of this benchmark and of the
     /// daemon N microseconds longer, as on a slower disk (an LD_PRELOAD shim,
     /// examples/entitled-bench/slow_fsync.c, built with `cc`; the benchmark checks that
@@ -106,8 +121,8 @@ pub struct Bench {
     /// reads its pass on the slower disk).
     #[arg(long, requires = "only_ingest", hide = true)]
     pub figures_to: Option<PathBuf>,
-    /// Where to write the report [default: BENCHMARKS.md for the full run and
-    /// --rerender; none for --quick and the --only-* runs].
+    /// Where to write the report [default: BENCHMARKS.md for the full run, --rerender and
+    /// --only-postgres (its section only); none for --quick and the other --only-* runs].
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
     /// Measure nothing: write the report again from the figures that a full run saved
@@ -115,7 +130,7 @@ pub struct Bench {
     #[arg(
         long,
         value_name = "FILE",
-        conflicts_with_all = ["quick", "only_ingest", "only_lookups", "only_mixed", "only_sync", "only_push_flood"]
+        conflicts_with_all = ["quick", "only_ingest", "only_lookups", "only_mixed", "only_sync", "only_push_flood", "only_postgres"]
     )]
     pub rerender: Option<PathBuf>,
 }
@@ -260,7 +275,7 @@ mod tests {
     fn bench_defaults() {
         let b = Bench::try_parse_from(["entitled-bench"]).unwrap();
         assert!(!b.quick && !b.no_pin && !b.only_ingest && !b.only_lookups && !b.only_mixed);
-        assert!(!b.ingest_on_preloaded && !b.only_sync && !b.only_push_flood);
+        assert!(!b.ingest_on_preloaded && !b.only_sync && !b.only_push_flood && !b.only_postgres);
         assert_eq!(b.sync_profiles, 10_000);
         assert_eq!(b.profiles, None);
         assert_eq!(b.seconds, None);
@@ -333,6 +348,21 @@ mod tests {
         assert!(b.only_push_flood);
         assert_eq!(b.profiles, Some(20_000));
         assert_eq!(b.seconds, Some(12));
+        let b = Bench::try_parse_from([
+            "entitled-bench",
+            "--only-postgres",
+            "--profiles",
+            "20000",
+            "--seconds",
+            "4",
+            "--quick",
+            "--out",
+            "pg.md",
+        ])
+        .unwrap();
+        assert!(b.only_postgres && b.quick);
+        assert_eq!(b.profiles, Some(20_000));
+        assert_eq!(b.out, Some(PathBuf::from("pg.md")));
         let b = Bench::try_parse_from(["entitled-bench", "--rerender", "BENCHMARKS.md"]).unwrap();
         assert_eq!(b.rerender, Some(PathBuf::from("BENCHMARKS.md")));
     }
@@ -359,6 +389,13 @@ mod tests {
             &["--only-push-flood", "--only-sync"],
             &["--only-push-flood", "--rerender", "B.md"],
             &["--only-push-flood", "--sync-profiles", "100"],
+            &["--only-postgres", "--only-ingest"],
+            &["--only-postgres", "--only-lookups"],
+            &["--only-postgres", "--only-mixed"],
+            &["--only-postgres", "--only-sync"],
+            &["--only-postgres", "--only-push-flood"],
+            &["--only-postgres", "--rerender", "B.md"],
+            &["--only-postgres", "--sync-profiles", "100"],
             &["--only-sync", "--sync-profiles", "0"],
             &["--rerender", "B.md", "--quick"],
             &["--profiles", "0"],
@@ -441,7 +478,7 @@ mod tests {
         let table = markdown_table(&Bench::command());
         for row in [
             "| `--quick` | off | Development run:",
-            "| `--profiles N` | 1,000,000; --quick and --only-push-flood: 100,000 | Profiles in",
+            "| `--profiles N` | 1,000,000; --quick, --only-push-flood and --only-postgres: 100,000 | Profiles in",
             "| `--seconds S` | 10; --quick: 5 | Measured seconds",
             "| `--connections N` | 64 | Client connections",
             "| `--mixed-ingest-rate R` | 1000 | Events per second",
@@ -453,11 +490,12 @@ mod tests {
             "| `--only-sync` | off | Run only `entitled sync`",
             "| `--sync-profiles N` | 10000 | With --only-sync:",
             "| `--only-push-flood` | off | Run only the push flood:",
+            "| `--only-postgres` | off | Run only the PostgreSQL mode,",
         ] {
             assert_eq!(table.matches(row).count(), 1, "{row:?} in\n{table}");
         }
         assert!(!table.contains("--figures-to"), "{table}");
         assert!(!table.contains("--help"), "{table}");
-        assert_eq!(table.lines().count(), 2 + 16, "{table}");
+        assert_eq!(table.lines().count(), 2 + 17, "{table}");
     }
 }
