@@ -18,7 +18,7 @@
 //! While the database is unreachable, `/readyz` says so and the index keeps answering
 //! what it holds; the follower reconnects on its own.
 
-use super::{checkout, entitlement_row, Client, Pool, ENTITLEMENT_COLUMNS};
+use super::{checkout, entitlement_row, Client, Pool, Prepared, ENTITLEMENT_COLUMNS};
 use crate::index::{Change, Index};
 use crate::status::Status;
 use crate::store::writer::Reply;
@@ -97,7 +97,8 @@ pub fn warm(
     status: Arc<Status>,
 ) -> Result<Follower, StoreError> {
     let mut client = checkout(pool)?;
-    let (mut tx, horizon) = at_horizon(&mut client)?;
+    let mut prepared = Prepared::default();
+    let (mut tx, horizon) = at_horizon(&mut client, &mut prepared)?;
     // Streamed, and applied a chunk at a time: a million rows are never all in memory.
     const CHUNK: usize = 10_000;
     let no_params: [&(dyn postgres::types::ToSql + Sync); 0] = [];
@@ -122,7 +123,7 @@ pub fn warm(
     }
     drop(rows);
     index.apply(changes);
-    let marks = Marks::read(&mut tx)?;
+    let marks = Marks::read(&mut tx, &mut prepared)?;
     tx.commit()?;
     marks.record(&status);
     let (to, wakes) = mpsc::channel();
@@ -139,14 +140,18 @@ pub fn warm(
 
 /// A read-only snapshot, and the horizon in it: the oldest transaction id still running
 /// (every smaller one has ended, and what it wrote is in the snapshot).
-fn at_horizon(client: &mut Client) -> Result<(postgres::Transaction<'_>, i64), StoreError> {
+fn at_horizon<'c>(
+    client: &'c mut Client,
+    p: &mut Prepared,
+) -> Result<(postgres::Transaction<'c>, i64), StoreError> {
     let mut tx = client
         .build_transaction()
         .isolation_level(postgres::IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()?;
-    let horizon: i64 = tx
+    let horizon: i64 = p
         .query_one(
+            &mut tx,
             "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
             &[],
         )?
@@ -163,8 +168,9 @@ struct Marks {
 }
 
 impl Marks {
-    fn read(tx: &mut postgres::Transaction<'_>) -> Result<Marks, StoreError> {
-        let row = tx.query_one(
+    fn read(tx: &mut postgres::Transaction<'_>, p: &mut Prepared) -> Result<Marks, StoreError> {
+        let row = p.query_one(
+            tx,
             "SELECT (SELECT coalesce(max(seq), 0) FROM access_changes), \
                     (SELECT coalesce(max(seq), 0) FROM events), \
                     (SELECT received_at FROM events ORDER BY seq DESC LIMIT 1)",
@@ -218,7 +224,7 @@ impl Follower {
     }
 
     fn run(mut self) {
-        let mut client: Option<Client> = None;
+        let mut client: Option<(Client, Prepared)> = None;
         let mut pending: Vec<Pending> = Vec::new();
         let mut failing = false;
         loop {
@@ -272,12 +278,12 @@ impl Follower {
     }
 
     /// Reads what transactions that ended since the last read wrote, and applies it.
-    fn follow(&mut self, client: &mut Option<Client>) -> Result<(), StoreError> {
-        let conn = match client {
+    fn follow(&mut self, client: &mut Option<(Client, Prepared)>) -> Result<(), StoreError> {
+        let (conn, p) = match client {
             Some(conn) => conn,
-            None => client.insert(checkout(&self.pool)?),
+            None => client.insert((checkout(&self.pool)?, Prepared::default())),
         };
-        let (mut tx, horizon) = at_horizon(conn)?;
+        let (mut tx, horizon) = at_horizon(conn, p)?;
         if horizon < self.horizon {
             // Transaction ids went back: the database was restored from a backup (or
             // replaced). Read every row again, as at warm-up.
@@ -297,7 +303,8 @@ impl Follower {
         let within =
             "written_xid >= $1::bigint::text::xid8 AND written_xid < $2::bigint::text::xid8";
         let mut changes = Vec::new();
-        for row in tx.query(
+        for row in p.query(
+            &mut tx,
             &format!("SELECT profile_id, access_level_id FROM entitlements_removed WHERE {within}"),
             &window,
         )? {
@@ -307,13 +314,15 @@ impl Follower {
                 entitlement: None,
             });
         }
-        for row in tx.query(
+        for row in p.query(
+            &mut tx,
             &format!("SELECT {ENTITLEMENT_COLUMNS} FROM entitlements WHERE {within}"),
             &window,
         )? {
             changes.push(level_change(&row)?);
         }
-        for row in tx.query(
+        for row in p.query(
+            &mut tx,
             &format!(
                 "SELECT profile_id, customer_user_id FROM profiles \
                  WHERE {within} AND customer_user_id IS NOT NULL"
@@ -322,7 +331,7 @@ impl Follower {
         )? {
             changes.push(user_change(&row));
         }
-        let marks = Marks::read(&mut tx)?;
+        let marks = Marks::read(&mut tx, p)?;
         tx.commit()?;
         self.index.apply(changes);
         marks.record(&self.status);

@@ -17,7 +17,7 @@
 //! rows are the projection of the stored set whatever instance stored what, in
 //! whatever order.
 
-use super::{entitlement_row, Client, ENTITLEMENT_COLUMNS};
+use super::{entitlement_row, Client, Prepared, ENTITLEMENT_COLUMNS};
 use crate::adapty::ReceivedEvent;
 use crate::projection::sharing::{self as rule, LinksByLevel};
 use crate::projection::{self, membership, Entitlement, Event, Membership, Rules};
@@ -71,67 +71,128 @@ enum Cause<'a> {
 
 /// Stores and folds a batch in one transaction. `exclusive`: the pass for events that
 /// touch sharing (the sharing lock taken exclusively, nothing deferred).
+///
+/// The batch runs without savepoints (two round trips an event less); when an event
+/// fails, the transaction is rolled back and the batch runs again with a savepoint per
+/// event, so that the failing one is rolled back alone.
 pub(super) fn ingest_batch(
     client: &mut Client,
+    p: &mut Prepared,
     events: &[&ReceivedEvent],
     now: Timestamp,
     rules: &Rules,
     decode: &dyn Decode,
     exclusive: bool,
 ) -> Result<Committed, StoreError> {
-    let mut tx = client.transaction()?;
-    if exclusive {
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SHARING_LOCK])?;
-    } else {
-        tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&SHARING_LOCK])?;
-        let profiles: Vec<&str> = events.iter().map(|e| &*e.event.profile_id).collect();
-        lock_profiles(&mut tx, &profiles)?;
+    let batch = Batch {
+        events,
+        now,
+        rules,
+        decode,
+        exclusive,
+    };
+    match batch.run(client, p, false)? {
+        Some(committed) => Ok(committed),
+        None => batch
+            .run(client, p, true)?
+            .ok_or_else(|| StoreError::Unavailable("a batch failed with savepoints".into())),
     }
-    let mut feed = Vec::new();
-    let mut done = Vec::with_capacity(events.len());
-    let mut wrote = false;
-    for received in events {
-        let mut savepoint = tx.transaction()?;
-        let mut rows = Vec::new();
-        match ingest_one(
-            &mut savepoint,
-            received,
-            now,
-            rules,
-            decode,
-            exclusive,
-            &mut rows,
-        ) {
-            Ok(Done::Outcome(outcome)) => {
-                savepoint.commit()?;
-                wrote |= outcome != Outcome::Duplicate;
-                feed.extend(rows);
-                done.push(Done::Outcome(outcome));
-            }
-            Ok(other) => done.push(other),
-            Err(error) => {
-                // Rolled back alone, unless the connection is gone (then so is the rest).
-                savepoint.rollback()?;
-                done.push(Done::Failed(error));
+}
+
+struct Batch<'a> {
+    events: &'a [&'a ReceivedEvent],
+    now: Timestamp,
+    rules: &'a Rules,
+    decode: &'a dyn Decode,
+    exclusive: bool,
+}
+
+impl Batch<'_> {
+    /// One transaction; `None` when an event failed without `savepoints` (rolled back).
+    fn run(
+        &self,
+        client: &mut Client,
+        p: &mut Prepared,
+        savepoints: bool,
+    ) -> Result<Option<Committed>, StoreError> {
+        let (now, rules, decode, exclusive) = (self.now, self.rules, self.decode, self.exclusive);
+        let mut tx = client.transaction()?;
+        if exclusive {
+            p.execute(
+                &mut tx,
+                "SELECT pg_advisory_xact_lock($1)",
+                &[&SHARING_LOCK],
+            )?;
+        } else {
+            p.execute(
+                &mut tx,
+                "SELECT pg_advisory_xact_lock_shared($1)",
+                &[&SHARING_LOCK],
+            )?;
+            let profiles: Vec<&str> = self.events.iter().map(|e| &*e.event.profile_id).collect();
+            lock_profiles(&mut tx, p, &profiles)?;
+        }
+        let mut feed = Vec::new();
+        let mut done = Vec::with_capacity(self.events.len());
+        let mut wrote = false;
+        for received in self.events {
+            let mut rows = Vec::new();
+            let result = if savepoints {
+                let mut savepoint = tx.transaction()?;
+                let result = ingest_one(
+                    &mut savepoint,
+                    p,
+                    received,
+                    now,
+                    rules,
+                    decode,
+                    exclusive,
+                    &mut rows,
+                );
+                match &result {
+                    Ok(Done::Outcome(_)) => savepoint.commit()?,
+                    // Rolled back alone, unless the connection is gone (then so is the rest).
+                    _ => savepoint.rollback()?,
+                }
+                result
+            } else {
+                match ingest_one(
+                    &mut tx, p, received, now, rules, decode, exclusive, &mut rows,
+                ) {
+                    // The transaction is aborted: run the batch again, with savepoints.
+                    Err(_) => return Ok(None),
+                    result => result,
+                }
+            };
+            match result {
+                Ok(Done::Outcome(outcome)) => {
+                    wrote |= outcome != Outcome::Duplicate;
+                    feed.extend(rows);
+                    done.push(Done::Outcome(outcome));
+                }
+                Ok(other) => done.push(other),
+                Err(error) => done.push(Done::Failed(error)),
             }
         }
+        let xid = finish(&mut tx, p, &feed, now, wrote)?;
+        tx.commit()?;
+        Ok(Some(Committed { done, xid }))
     }
-    let xid = finish(&mut tx, &feed, now, wrote)?;
-    tx.commit()?;
-    Ok(Committed { done, xid })
 }
 
 /// The end of every writing transaction: the feed's rows under the feed lock, the
 /// followers' wake-up, and the transaction's id.
 fn finish(
     tx: &mut Transaction<'_>,
+    p: &mut Prepared,
     feed: &[FeedRow],
     now: Timestamp,
     wrote: bool,
 ) -> Result<Option<i64>, StoreError> {
     if !feed.is_empty() {
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&FEED_LOCK])?;
-        let insert = tx.prepare(
+        p.execute(tx, "SELECT pg_advisory_xact_lock($1)", &[&FEED_LOCK])?;
+        let insert = p.get(
+            tx,
             "INSERT INTO access_changes (profile_id, access_level_id, active, reason, \
              profile_event_id, expires_at, changed_at, customer_user_id, shared_from) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, \
@@ -167,8 +228,12 @@ fn finish(
 }
 
 /// One advisory lock per profile, in key order: the order every writer takes them in.
-fn lock_profiles(tx: &mut Transaction<'_>, profiles: &[&str]) -> Result<(), StoreError> {
-    tx.execute(
+fn lock_profiles(
+    tx: &mut Transaction<'_>,
+    p: &mut Prepared,
+    profiles: &[&str],
+) -> Result<(), StoreError> {
+    p.execute(tx,
         "SELECT pg_advisory_xact_lock(k) FROM \
          (SELECT DISTINCT hashtextextended(p, 0) AS k FROM unnest($1::text[]) AS p ORDER BY k) AS keys",
         &[&profiles],
@@ -179,6 +244,7 @@ fn lock_profiles(tx: &mut Transaction<'_>, profiles: &[&str]) -> Result<(), Stor
 #[allow(clippy::too_many_arguments)]
 fn ingest_one(
     tx: &mut Transaction<'_>,
+    p: &mut Prepared,
     received: &ReceivedEvent,
     now: Timestamp,
     rules: &Rules,
@@ -192,10 +258,11 @@ fn ingest_one(
             "a string of the event holds U+0000, which PostgreSQL's text cannot store".into(),
         ));
     }
-    if !exclusive && touches_sharing(tx, event)? {
+    if !exclusive && touches_sharing(tx, p, event)? {
         return Ok(Done::Deferred);
     }
-    let inserted = tx.query_opt(
+    let inserted = p.query_opt(
+        tx,
         "INSERT INTO events (profile_event_id, profile_id, customer_user_id, event_type, \
          canonical_type, event_datetime, received_at, environment, body) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
@@ -216,7 +283,13 @@ fn ingest_one(
         return Ok(Done::Outcome(Outcome::Duplicate));
     }
     let at = (event.event_datetime, &*event.id);
-    record_profile(tx, &event.profile_id, event.customer_user_id.as_ref(), at)?;
+    record_profile(
+        tx,
+        p,
+        &event.profile_id,
+        event.customer_user_id.as_ref(),
+        at,
+    )?;
     if event.event_type.is_none() {
         return Ok(Done::Outcome(Outcome::Ignored));
     }
@@ -224,7 +297,7 @@ fn ingest_one(
         Some(level) => vec![level],
         None if event.api_levels.is_some() => {
             let mut levels: BTreeSet<Arc<str>> = rules.listed_levels(event).into_iter().collect();
-            levels.extend(levels_of_profile(tx, &event.profile_id)?);
+            levels.extend(levels_of_profile(tx, p, &event.profile_id)?);
             levels.into_iter().collect()
         }
         None => Vec::new(),
@@ -239,38 +312,42 @@ fn ingest_one(
         if let Membership::Joins(shared) = membership(event) {
             for other in shared {
                 let user = other.customer_user_id.as_ref();
-                record_profile(tx, &other.profile_id, user, at)?;
+                record_profile(tx, p, &other.profile_id, user, at)?;
                 members.insert(other.profile_id.clone());
             }
         }
-        members = linked_closure(tx, members)?;
+        members = linked_closure(tx, p, members)?;
     }
-    let log = events_of(tx, &members, decode)?;
+    let log = events_of(tx, p, &members, decode)?;
     if exclusive {
-        links = relink(tx, &members, &log, rules)?;
+        links = relink(tx, p, &members, &log, rules)?;
         warn_of_refused_links(event, &levels, &links);
     }
     let folded = projection::project_with_links(&log, rules, Some(&links));
     for member in &members {
         for level in &levels {
             let next = folded.get(&(member.clone(), level.clone()));
-            reconcile(tx, member, level, next, Cause::Event(event), now, feed)?;
+            reconcile(tx, p, member, level, next, Cause::Event(event), now, feed)?;
         }
     }
     Ok(Done::Outcome(Outcome::Stored))
 }
 
 /// Whether the event declares or ends sharing, or its profile is linked with another.
-fn touches_sharing(tx: &mut Transaction<'_>, event: &Event) -> Result<bool, StoreError> {
+fn touches_sharing(
+    tx: &mut Transaction<'_>,
+    p: &mut Prepared,
+    event: &Event,
+) -> Result<bool, StoreError> {
     if membership(event) != Membership::Stays {
         return Ok(true);
     }
-    Ok(tx
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM sharing_links WHERE profile_id = $1)",
-            &[&&*event.profile_id],
-        )?
-        .get(0))
+    Ok(p.query_one(
+        tx,
+        "SELECT EXISTS (SELECT 1 FROM sharing_links WHERE profile_id = $1)",
+        &[&&*event.profile_id],
+    )?
+    .get(0))
 }
 
 /// A declaration's profiles that the bound on a group's size kept out: said once, when
@@ -301,12 +378,14 @@ fn warn_of_refused_links(event: &Event, levels: &[Arc<str>], links: &LinksByLeve
 /// These profiles and every profile linked with them, through any level.
 fn linked_closure(
     tx: &mut Transaction<'_>,
+    p: &mut Prepared,
     mut members: BTreeSet<Arc<str>>,
 ) -> Result<BTreeSet<Arc<str>>, StoreError> {
     let mut next: Vec<Arc<str>> = members.iter().cloned().collect();
     while !next.is_empty() {
         let ids: Vec<&str> = next.iter().map(|p| &**p).collect();
-        let rows = tx.query(
+        let rows = p.query(
+            tx,
             "SELECT DISTINCT shared_with FROM sharing_links WHERE profile_id = ANY($1)",
             &[&ids],
         )?;
@@ -322,11 +401,13 @@ fn linked_closure(
 /// Every stored event of these profiles, parsed.
 fn events_of(
     tx: &mut Transaction<'_>,
+    p: &mut Prepared,
     profiles: &BTreeSet<Arc<str>>,
     decode: &dyn Decode,
 ) -> Result<Vec<Event>, StoreError> {
     let ids: Vec<&str> = profiles.iter().map(|p| &**p).collect();
-    let rows = tx.query(
+    let rows = p.query(
+        tx,
         "SELECT seq, body FROM events WHERE profile_id = ANY($1) ORDER BY seq",
         &[&ids],
     )?;
@@ -344,6 +425,7 @@ fn events_of(
 /// as `entitled rebuild` computes them), written to `sharing_links` for `members`.
 fn relink(
     tx: &mut Transaction<'_>,
+    p: &mut Prepared,
     members: &BTreeSet<Arc<str>>,
     log: &[Event],
     rules: &Rules,
@@ -355,11 +437,13 @@ fn relink(
         }
     }
     let ids: Vec<&str> = members.iter().map(|p| &**p).collect();
-    tx.execute(
+    p.execute(
+        tx,
         "DELETE FROM sharing_links WHERE profile_id = ANY($1)",
         &[&ids],
     )?;
-    let insert = tx.prepare(
+    let insert = p.get(
+        tx,
         "INSERT INTO sharing_links (profile_id, access_level_id, shared_with, profile_event_id) \
          VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
     )?;
@@ -380,18 +464,20 @@ fn relink(
 /// as on SQLite (`store::ingest::record_profile`).
 fn record_profile(
     tx: &mut Transaction<'_>,
+    p: &mut Prepared,
     profile_id: &Arc<str>,
     customer_user_id: Option<&Arc<str>>,
     (at, event_id): (Timestamp, &str),
 ) -> Result<(), StoreError> {
     let Some(customer_user_id) = customer_user_id else {
-        tx.execute(
+        p.execute(
+            tx,
             "INSERT INTO profiles (profile_id) VALUES ($1) ON CONFLICT DO NOTHING",
             &[&&**profile_id],
         )?;
         return Ok(());
     };
-    tx.execute(
+    p.execute(tx,
         "INSERT INTO profiles (profile_id, customer_user_id, customer_user_id_at, customer_user_id_event) \
          VALUES ($1, $2, $3, $4) \
          ON CONFLICT (profile_id) DO UPDATE SET \
@@ -414,9 +500,11 @@ fn record_profile(
 
 fn levels_of_profile(
     tx: &mut Transaction<'_>,
+    p: &mut Prepared,
     profile_id: &str,
 ) -> Result<Vec<Arc<str>>, StoreError> {
-    let rows = tx.query(
+    let rows = p.query(
+        tx,
         "SELECT access_level_id FROM entitlements WHERE profile_id = $1",
         &[&profile_id],
     )?;
@@ -428,10 +516,12 @@ fn levels_of_profile(
 
 fn saved(
     tx: &mut Transaction<'_>,
+    p: &mut Prepared,
     profile_id: &str,
     level: &str,
 ) -> Result<Option<EntitlementRow>, StoreError> {
-    tx.query_opt(
+    p.query_opt(
+        tx,
         &format!(
             "SELECT {ENTITLEMENT_COLUMNS} FROM entitlements \
              WHERE profile_id = $1 AND access_level_id = $2"
@@ -445,8 +535,10 @@ fn saved(
 
 /// Makes one row what the fold says, and queues the feed's row when effective access
 /// flipped. Returns whether the row changed.
+#[allow(clippy::too_many_arguments)]
 fn reconcile(
     tx: &mut Transaction<'_>,
+    p: &mut Prepared,
     profile_id: &Arc<str>,
     level: &Arc<str>,
     next: Option<&Entitlement>,
@@ -454,7 +546,7 @@ fn reconcile(
     now: Timestamp,
     feed: &mut Vec<FeedRow>,
 ) -> Result<bool, StoreError> {
-    let saved = saved(tx, profile_id, level)?;
+    let saved = saved(tx, p, profile_id, level)?;
     let reported = saved.as_ref().is_some_and(|s| s.reported_active);
     let flip = |active: bool, expires_at: Option<Timestamp>| {
         let (reason, profile_event_id, shared_from) = match cause {
@@ -490,18 +582,20 @@ fn reconcile(
             if active != reported {
                 feed.push(flip(active, next.window.expires_at));
             }
-            save(tx, profile_id, level, next, active)?;
+            save(tx, p, profile_id, level, next, active)?;
             Ok(true)
         }
         (Some(row), None) => {
             if reported {
                 feed.push(flip(false, row.entitlement.window.expires_at));
             }
-            tx.execute(
+            p.execute(
+                tx,
                 "DELETE FROM entitlements WHERE profile_id = $1 AND access_level_id = $2",
                 &[&&**profile_id, &&**level],
             )?;
-            tx.execute(
+            p.execute(
+                tx,
                 "INSERT INTO entitlements_removed (profile_id, access_level_id) VALUES ($1, $2)",
                 &[&&**profile_id, &&**level],
             )?;
@@ -512,13 +606,14 @@ fn reconcile(
 
 fn save(
     tx: &mut Transaction<'_>,
+    p: &mut Prepared,
     profile_id: &str,
     level: &str,
     e: &Entitlement,
     reported_active: bool,
 ) -> Result<(), StoreError> {
     let text = |t: Option<Timestamp>| t.map(Timestamp::to_rfc3339);
-    tx.execute(
+    p.execute(tx,
         &format!(
             "INSERT INTO entitlements ({ENTITLEMENT_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
@@ -564,6 +659,7 @@ fn save(
 /// transaction's id when it wrote.
 pub(super) fn report_clock(
     client: &mut Client,
+    p: &mut Prepared,
     now: Timestamp,
 ) -> Result<(Vec<Lapse>, Option<i64>), StoreError> {
     let now_text = now.to_rfc3339();
@@ -590,15 +686,20 @@ pub(super) fn report_clock(
         return Ok((Vec::new(), None));
     }
     let mut tx = client.transaction()?;
-    tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&SHARING_LOCK])?;
+    p.execute(
+        &mut tx,
+        "SELECT pg_advisory_xact_lock_shared($1)",
+        &[&SHARING_LOCK],
+    )?;
     let profiles: Vec<&str> = first.iter().map(|r| &*r.profile_id).collect();
-    lock_profiles(&mut tx, &profiles)?;
+    lock_profiles(&mut tx, p, &profiles)?;
     let mut feed = Vec::new();
     let mut lapses = Vec::new();
     for row in first {
         let active = !row.reported_active;
         // Another instance's clock, or an event, may have got here first.
-        let updated = tx.execute(
+        let updated = p.execute(
+            &mut tx,
             "UPDATE entitlements SET reported_active = $3, written_xid = pg_current_xact_id() \
              WHERE profile_id = $1 AND access_level_id = $2 AND reported_active = $4 \
              AND last_event_id = $5",
@@ -631,7 +732,7 @@ pub(super) fn report_clock(
             });
         }
     }
-    let xid = finish(&mut tx, &feed, now, false)?;
+    let xid = finish(&mut tx, p, &feed, now, false)?;
     tx.commit()?;
     Ok((lapses, xid))
 }
@@ -647,14 +748,21 @@ pub fn rebuild(
     write: bool,
     now: Timestamp,
 ) -> Result<Summary, StoreError> {
+    let mut prepared = Prepared::default();
+    let p = &mut prepared;
     let mut tx = client.transaction()?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SHARING_LOCK])?;
+    p.execute(
+        &mut tx,
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&SHARING_LOCK],
+    )?;
     let mut summary = Summary::default();
     let mut retype: Vec<(i64, Option<&'static str>)> = Vec::new();
     // Every profile with events or rows, each with its stored events.
     let mut logs: BTreeMap<Arc<str>, Vec<Event>> = BTreeMap::new();
     {
-        let rows = tx.query(
+        let rows = p.query(
+            &mut tx,
             "SELECT seq, profile_id, canonical_type, body FROM events ORDER BY profile_id, seq",
             &[],
         )?;
@@ -674,7 +782,7 @@ pub fn rebuild(
         }
     }
     summary.profiles = logs.len() as u64;
-    for row in tx.query("SELECT DISTINCT profile_id FROM entitlements", &[])? {
+    for row in p.query(&mut tx, "SELECT DISTINCT profile_id FROM entitlements", &[])? {
         logs.entry(Arc::from(row.get::<_, &str>(0))).or_default();
     }
     // The links every declaration makes, and the clusters they join.
@@ -715,9 +823,9 @@ pub fn rebuild(
         .collect();
     summary.relinked = wanted_keys.symmetric_difference(&stored).count() as u64;
     if write && summary.relinked > 0 {
-        tx.execute("DELETE FROM sharing_links", &[])?;
+        p.execute(&mut tx, "DELETE FROM sharing_links", &[])?;
         for (level, a, b, id) in &wanted {
-            tx.execute(
+            p.execute(&mut tx,
                 "INSERT INTO sharing_links (profile_id, access_level_id, shared_with, profile_event_id) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
                 &[&&**a, &&**level, &&**b, &&**id],
@@ -755,7 +863,7 @@ pub fn rebuild(
         let folded = projection::project_with_links(&events, rules, Some(&links));
         for member in &cluster {
             let mut levels: BTreeSet<Arc<str>> =
-                levels_of_profile(&mut tx, member)?.into_iter().collect();
+                levels_of_profile(&mut tx, p, member)?.into_iter().collect();
             levels.extend(
                 folded
                     .keys()
@@ -764,7 +872,7 @@ pub fn rebuild(
             );
             for level in &levels {
                 let next = folded.get(&(member.clone(), level.clone()));
-                let before = saved(&mut tx, member, level)?;
+                let before = saved(&mut tx, p, member, level)?;
                 match (&before, next) {
                     (Some(row), Some(next)) if row.entitlement == *next => summary.unchanged += 1,
                     (Some(_), Some(_)) => summary.changed += 1,
@@ -773,7 +881,16 @@ pub fn rebuild(
                     (None, None) => {}
                 }
                 if write {
-                    reconcile(&mut tx, member, level, next, Cause::Rebuild, now, &mut feed)?;
+                    reconcile(
+                        &mut tx,
+                        p,
+                        member,
+                        level,
+                        next,
+                        Cause::Rebuild,
+                        now,
+                        &mut feed,
+                    )?;
                 }
             }
             done.insert(member.clone());
@@ -782,12 +899,13 @@ pub fn rebuild(
     summary.retyped = retype.len() as u64;
     if write {
         for (seq, canonical) in &retype {
-            tx.execute(
+            p.execute(
+                &mut tx,
                 "UPDATE events SET canonical_type = $2 WHERE seq = $1",
                 &[seq, canonical],
             )?;
         }
-        finish(&mut tx, &feed, now, true)?;
+        finish(&mut tx, p, &feed, now, true)?;
         tx.commit()?;
     }
     Ok(summary)

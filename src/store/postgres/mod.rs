@@ -147,6 +147,70 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Statements prepared once per connection and kept: a statement sent as text is
+/// prepared again at each call, a round trip more (the benchmark counted 18 round trips
+/// an event before this; docs/performance.md#postgresql). A cache belongs to one
+/// connection: whoever replaces the connection replaces the cache.
+#[derive(Default)]
+pub struct Prepared(std::collections::HashMap<String, postgres::Statement>);
+
+type Params<'a> = &'a [&'a (dyn postgres::types::ToSql + Sync)];
+
+impl Prepared {
+    pub fn get(
+        &mut self,
+        c: &mut impl postgres::GenericClient,
+        sql: &str,
+    ) -> Result<postgres::Statement, StoreError> {
+        if let Some(statement) = self.0.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = c.prepare(sql)?;
+        self.0.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    pub fn execute(
+        &mut self,
+        c: &mut impl postgres::GenericClient,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<u64, StoreError> {
+        let statement = self.get(c, sql)?;
+        Ok(c.execute(&statement, params)?)
+    }
+
+    pub fn query(
+        &mut self,
+        c: &mut impl postgres::GenericClient,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Vec<postgres::Row>, StoreError> {
+        let statement = self.get(c, sql)?;
+        Ok(c.query(&statement, params)?)
+    }
+
+    pub fn query_one(
+        &mut self,
+        c: &mut impl postgres::GenericClient,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<postgres::Row, StoreError> {
+        let statement = self.get(c, sql)?;
+        Ok(c.query_one(&statement, params)?)
+    }
+
+    pub fn query_opt(
+        &mut self,
+        c: &mut impl postgres::GenericClient,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Option<postgres::Row>, StoreError> {
+        let statement = self.get(c, sql)?;
+        Ok(c.query_opt(&statement, params)?)
+    }
+}
+
 /// The columns of an `entitlements` row, in the order [`entitlement_row`] reads.
 const ENTITLEMENT_COLUMNS: &str = "profile_id, access_level_id, is_active, expires_at, starts_at, \
      will_renew, is_lifetime, in_grace_period, is_refund, store, vendor_product_id, environment, \

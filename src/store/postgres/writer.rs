@@ -15,7 +15,7 @@
 
 use super::follow::{Pending, Waiter};
 use super::ingest::{self, Done};
-use super::{checkout, Client, Pool};
+use super::{checkout, Client, Pool, Prepared};
 use crate::adapty::ReceivedEvent;
 use crate::projection::Rules;
 use crate::status::Status;
@@ -27,6 +27,9 @@ use postgres::error::SqlState;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// The writer's connection, with the statements prepared on it.
+type Conn = (Client, Prepared);
 
 /// How long an answer waits for the follower to show its commit, at most.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(2);
@@ -55,7 +58,7 @@ impl Writer {
     }
 
     fn run(self, mut queue: Queue) {
-        let mut client: Option<Client> = None;
+        let mut client: Option<Conn> = None;
         while let Some(first) = queue.0.blocking_recv() {
             let (mut batch, mut tick, mut stop) = (Vec::new(), false, false);
             let mut next = Some(first);
@@ -81,7 +84,7 @@ impl Writer {
         }
     }
 
-    fn write(&self, client: &mut Option<Client>, batch: Vec<Ingest>) {
+    fn write(&self, client: &mut Option<Conn>, batch: Vec<Ingest>) {
         let started = Instant::now();
         let now = Timestamp::now();
         let events: Vec<&ReceivedEvent> = batch.iter().map(|i| &*i.event).collect();
@@ -151,7 +154,7 @@ impl Writer {
     /// One transaction, tried again when PostgreSQL broke a deadlock by failing it.
     fn attempt(
         &self,
-        client: &mut Option<Client>,
+        client: &mut Option<Conn>,
         events: &[&ReceivedEvent],
         now: Timestamp,
         exclusive: bool,
@@ -159,12 +162,19 @@ impl Writer {
         let mut tries = 0;
         loop {
             tries += 1;
-            let conn = match client {
+            let (conn, prepared) = match client {
                 Some(conn) => conn,
-                None => client.insert(checkout(&self.pool)?),
+                None => client.insert((checkout(&self.pool)?, Prepared::default())),
             };
-            let result =
-                ingest::ingest_batch(conn, events, now, &self.rules, &*self.decode, exclusive);
+            let result = ingest::ingest_batch(
+                conn,
+                prepared,
+                events,
+                now,
+                &self.rules,
+                &*self.decode,
+                exclusive,
+            );
             match result {
                 Err(StoreError::Postgres(e))
                     if tries < ATTEMPTS
@@ -181,16 +191,16 @@ impl Writer {
         }
     }
 
-    fn clock(&self, client: &mut Option<Client>) {
-        let conn = match client {
+    fn clock(&self, client: &mut Option<Conn>) {
+        let (conn, prepared) = match client {
             Some(conn) => conn,
             None => match checkout(&self.pool) {
-                Ok(conn) => client.insert(conn),
+                Ok(conn) => client.insert((conn, Prepared::default())),
                 // The follower reports the outage; the next tick tries again.
                 Err(_) => return,
             },
         };
-        match ingest::report_clock(conn, Timestamp::now()) {
+        match ingest::report_clock(conn, prepared, Timestamp::now()) {
             Ok((lapses, xid)) => {
                 if let (Some(follower), Some(_)) = (&self.follower, xid) {
                     follower.wake();
