@@ -585,8 +585,9 @@ impl Sql {
 enum Sent {
     /// Each prepared once, in one transaction of `batch` events: the ceiling.
     Prepared,
-    /// As the store's writer sends them: each prepared at its use, and each event
-    /// under a savepoint of its own. Not a ceiling: what that costs the same rows.
+    /// As the store's writer sent them before 83a5a5a: each prepared at its use, and
+    /// each event under a savepoint of its own. Not a ceiling: what that cost the same
+    /// rows (the writer now prepares once, and takes savepoints only after a failure).
     AsTheWriter,
 }
 
@@ -1253,8 +1254,9 @@ pub fn run(setup: &Setup) -> Result<()> {
         ),
         (
             format!(
-                "not a ceiling: the same statements sent as the writer sends its own, each \
-                 prepared at its use, a savepoint an event, {batch} events a transaction"
+                "not a ceiling: the same statements sent as the writer sent its own before \
+                 83a5a5a, each prepared at its use, a savepoint an event, {batch} events a \
+                 transaction"
             ),
             Some(Sent::AsTheWriter),
             batch,
@@ -1536,7 +1538,9 @@ fn checks(
                 0 => "Ingest through two instances vs the ceiling: one client writing the same \
                       rows at the same batch"
                     .into(),
-                3 => "Ingest through two instances vs the same rows sent the writer's way".into(),
+                3 => {
+                    "Ingest through two instances vs the same rows sent the writer's old way".into()
+                }
                 _ => "Ingest through two instances vs the same rows written otherwise".into(),
             },
             value: if k == 0 {
