@@ -297,6 +297,42 @@ impl Groups {
     }
 }
 
+/// A link a declaration made: (level, profile, shared_with, declaration id).
+pub type LevelLink = (Arc<str>, Arc<str>, Arc<str>, Arc<str>);
+
+/// The links the declarations among `events` make under `rules`: each level's in event
+/// order up to the bound ([`links_in_order`]), each link once, one way. What a rebuild
+/// (and PostgreSQL's writer, for a sharing component) writes to `sharing_links`.
+pub fn declared_links<'a>(
+    events: impl IntoIterator<Item = &'a Event>,
+    rules: &super::Rules,
+) -> Vec<LevelLink> {
+    let mut by_level: std::collections::BTreeMap<Arc<str>, Vec<&Event>> = Default::default();
+    for event in events {
+        if let (Some(level), Membership::Joins(_)) = (rules.level_of(event), membership(event)) {
+            by_level.entry(level).or_default().push(event);
+        }
+    }
+    let mut links = Vec::new();
+    for (level, declarations) in by_level {
+        for (a, b, id) in links_in_order(declarations) {
+            links.push((level.clone(), a, b, id));
+        }
+    }
+    links
+}
+
+/// `links` by level, each both ways: what the fold of a sharing component is given.
+pub fn by_level(links: &[LevelLink]) -> LinksByLevel {
+    let mut by_level = LinksByLevel::new();
+    for (level, a, b, _) in links {
+        let pairs = by_level.entry(level.clone()).or_default();
+        pairs.insert((a.clone(), b.clone()));
+        pairs.insert((b.clone(), a.clone()));
+    }
+    by_level
+}
+
 /// The links the declarations of one level make, in event order up to the bound:
 /// `(profile, shared_with, declaration id)`, each link once, one way (what
 /// `entitled rebuild` writes to `sharing_links`, both ways).

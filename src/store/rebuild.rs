@@ -186,8 +186,7 @@ pub fn finish_upgrade(
 
 /// Links by level, both ways.
 type Links = projection::LinksByLevel;
-/// A link a declaration made: (level, profile, shared_with, declaration id).
-type LevelLink = (Arc<str>, Arc<str>, Arc<str>, Arc<str>);
+use crate::projection::sharing::LevelLink;
 
 /// The levels of `profile_id` folded from `events` (its own, or its cluster's).
 fn folded_of(
@@ -219,16 +218,14 @@ fn links_in_order(
         "SELECT seq, body FROM events WHERE body LIKE '%profiles_sharing_access_level%'",
     )?;
     let mut rows = stmt.query([])?;
-    let mut by_level: BTreeMap<Arc<str>, Vec<Event>> = BTreeMap::new();
+    let mut declarations: Vec<Event> = Vec::new();
     while let Some(row) = rows.next()? {
         let seq: i64 = row.get(0)?;
         let body: String = row.get(1)?;
         let event = decode
             .decode(&body)
             .ok_or_else(|| StoreError::Corrupt(format!("event {seq} no longer parses")))?;
-        if let (Some(level), Membership::Joins(shared)) =
-            (rules.level_of(&event), membership(&event))
-        {
+        if let (Some(_), Membership::Joins(shared)) = (rules.level_of(&event), membership(&event)) {
             if write {
                 let at = (event.event_datetime, &*event.id);
                 for other in shared {
@@ -236,16 +233,10 @@ fn links_in_order(
                     record_profile(conn, &other.profile_id, user, at, &mut Effects::default())?;
                 }
             }
-            by_level.entry(level).or_default().push(event);
+            declarations.push(event);
         }
     }
-    let mut links = Vec::new();
-    for (level, declarations) in &by_level {
-        for (a, b, id) in sharing::links_in_order(declarations) {
-            links.push((level.clone(), a, b, id));
-        }
-    }
-    Ok(links)
+    Ok(sharing::declared_links(&declarations, rules))
 }
 
 /// Makes `sharing_links` hold `links` (with `write`); returns how many links differ.

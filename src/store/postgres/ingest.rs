@@ -316,9 +316,9 @@ fn ingest_one(
                 members.insert(other.profile_id.clone());
             }
         }
-        members = linked_closure(tx, p, members)?;
+        members = super::reader::component(tx, members)?.profiles;
     }
-    let log = events_of(tx, p, &members, decode)?;
+    let log = events_of(tx, p, &members, event, decode)?;
     if exclusive {
         links = relink(tx, p, &members, &log, rules)?;
         warn_of_refused_links(event, &levels, &links);
@@ -375,50 +375,34 @@ fn warn_of_refused_links(event: &Event, levels: &[Arc<str>], links: &LinksByLeve
     }
 }
 
-/// These profiles and every profile linked with them, through any level.
-fn linked_closure(
-    tx: &mut Transaction<'_>,
-    p: &mut Prepared,
-    mut members: BTreeSet<Arc<str>>,
-) -> Result<BTreeSet<Arc<str>>, StoreError> {
-    let mut next: Vec<Arc<str>> = members.iter().cloned().collect();
-    while !next.is_empty() {
-        let ids: Vec<&str> = next.iter().map(|p| &**p).collect();
-        let rows = p.query(
-            tx,
-            "SELECT DISTINCT shared_with FROM sharing_links WHERE profile_id = ANY($1)",
-            &[&ids],
-        )?;
-        next = rows
-            .iter()
-            .map(|r| Arc::<str>::from(r.get::<_, &str>(0)))
-            .filter(|p| members.insert(p.clone()))
-            .collect();
-    }
-    Ok(members)
-}
-
-/// Every stored event of these profiles, parsed.
+/// Every stored event of these profiles, `event` included: only the others are read
+/// back and parsed (`event` is parsed already; the first event of a new profile, the
+/// common case, reads nothing), as on SQLite (`store::ingest::level_log`).
 fn events_of(
     tx: &mut Transaction<'_>,
     p: &mut Prepared,
     profiles: &BTreeSet<Arc<str>>,
+    event: &Event,
     decode: &dyn Decode,
 ) -> Result<Vec<Event>, StoreError> {
     let ids: Vec<&str> = profiles.iter().map(|p| &**p).collect();
     let rows = p.query(
         tx,
-        "SELECT seq, body FROM events WHERE profile_id = ANY($1) ORDER BY seq",
-        &[&ids],
+        "SELECT seq, body FROM events WHERE profile_id = ANY($1) \
+         AND NOT (profile_id = $2 AND profile_event_id = $3) ORDER BY seq",
+        &[&ids, &&*event.profile_id, &&*event.id],
     )?;
-    rows.iter()
-        .map(|row| {
-            let seq: i64 = row.get(0);
+    let mut log = Vec::with_capacity(rows.len() + 1);
+    log.push(event.clone());
+    for row in &rows {
+        let seq: i64 = row.get(0);
+        log.push(
             decode
                 .decode(row.get(1))
-                .ok_or_else(|| StoreError::Corrupt(format!("event {seq} no longer parses")))
-        })
-        .collect()
+                .ok_or_else(|| StoreError::Corrupt(format!("event {seq} no longer parses")))?,
+        );
+    }
+    Ok(log)
 }
 
 /// The links the declarations in `log` make, by level (in event order up to the bound,
@@ -430,12 +414,7 @@ fn relink(
     log: &[Event],
     rules: &Rules,
 ) -> Result<LinksByLevel, StoreError> {
-    let mut declarations: BTreeMap<Arc<str>, Vec<&Event>> = BTreeMap::new();
-    for event in log {
-        if let (Some(level), Membership::Joins(_)) = (rules.level_of(event), membership(event)) {
-            declarations.entry(level).or_default().push(event);
-        }
-    }
+    let links = rule::declared_links(log, rules);
     let ids: Vec<&str> = members.iter().map(|p| &**p).collect();
     p.execute(
         tx,
@@ -447,17 +426,11 @@ fn relink(
         "INSERT INTO sharing_links (profile_id, access_level_id, shared_with, profile_event_id) \
          VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
     )?;
-    let mut links = LinksByLevel::new();
-    for (level, events) in &declarations {
-        for (a, b, id) in rule::links_in_order(events.iter().copied()) {
-            tx.execute(&insert, &[&&*a, &&**level, &&*b, &&*id])?;
-            tx.execute(&insert, &[&&*b, &&**level, &&*a, &&*id])?;
-            let pairs = links.entry(level.clone()).or_default();
-            pairs.insert((a.clone(), b.clone()));
-            pairs.insert((b, a));
-        }
+    for (level, a, b, id) in &links {
+        tx.execute(&insert, &[&&**a, &&**level, &&**b, &&**id])?;
+        tx.execute(&insert, &[&&**b, &&**level, &&**a, &&**id])?;
     }
-    Ok(links)
+    Ok(rule::by_level(&links))
 }
 
 /// Keeps a profile's `customer_user_id` as its newest event says (ties by event id),
@@ -786,22 +759,12 @@ pub fn rebuild(
         logs.entry(Arc::from(row.get::<_, &str>(0))).or_default();
     }
     // The links every declaration makes, and the clusters they join.
-    let mut declarations: BTreeMap<Arc<str>, Vec<&Event>> = BTreeMap::new();
-    for event in logs.values().flatten() {
-        if let (Some(level), Membership::Joins(_)) = (rules.level_of(event), membership(event)) {
-            declarations.entry(level).or_default().push(event);
-        }
-    }
-    let mut links = LinksByLevel::new();
+    let declared = rule::declared_links(logs.values().flatten(), rules);
+    let links = rule::by_level(&declared);
     let mut wanted = BTreeSet::new();
-    for (level, events) in &declarations {
-        for (a, b, id) in rule::links_in_order(events.iter().copied()) {
-            wanted.insert((level.clone(), a.clone(), b.clone(), id.clone()));
-            wanted.insert((level.clone(), b.clone(), a.clone(), id));
-            let pairs = links.entry(level.clone()).or_default();
-            pairs.insert((a.clone(), b.clone()));
-            pairs.insert((b, a));
-        }
+    for (level, a, b, id) in declared {
+        wanted.insert((level.clone(), a.clone(), b.clone(), id.clone()));
+        wanted.insert((level, b, a, id));
     }
     let stored: BTreeSet<(Arc<str>, Arc<str>, Arc<str>)> = tx
         .query(

@@ -30,30 +30,17 @@ impl PgReader {
     }
 }
 
-/// Every stored event (up to `seq` `up_to`) of a profile and of every profile ever
-/// linked with it, and those links: `history::shared_events` on PostgreSQL.
-pub fn shared_events(
+/// `profiles` and every profile ever linked with them (through any level), with the
+/// links: `store::sharing::component` on PostgreSQL.
+pub(super) fn component(
     client: &mut impl GenericClient,
-    profile_id: &str,
-    up_to: i64,
-    decode: &dyn Decode,
-) -> Result<(Vec<LoggedEvent>, Component), StoreError> {
-    // No stored id holds U+0000 (ingest refuses it; `text` cannot): unknown.
-    if profile_id.contains('\0') {
-        let profiles = BTreeSet::from([Arc::from(profile_id)]);
-        return Ok((
-            Vec::new(),
-            Component {
-                profiles,
-                ..Component::default()
-            },
-        ));
-    }
+    profiles: BTreeSet<Arc<str>>,
+) -> Result<Component, StoreError> {
+    let mut next: Vec<Arc<str>> = profiles.iter().cloned().collect();
     let mut component = Component {
-        profiles: BTreeSet::from([Arc::from(profile_id)]),
+        profiles,
         ..Component::default()
     };
-    let mut next: Vec<Arc<str>> = vec![Arc::from(profile_id)];
     while !next.is_empty() {
         let ids: Vec<&str> = next.iter().map(|p| &**p).collect();
         let rows = client.query(
@@ -76,6 +63,29 @@ pub fn shared_events(
         }
         next = found;
     }
+    Ok(component)
+}
+
+/// Every stored event (up to `seq` `up_to`) of a profile and of every profile ever
+/// linked with it, and those links: `history::shared_events` on PostgreSQL.
+pub fn shared_events(
+    client: &mut impl GenericClient,
+    profile_id: &str,
+    up_to: i64,
+    decode: &dyn Decode,
+) -> Result<(Vec<LoggedEvent>, Component), StoreError> {
+    // No stored id holds U+0000 (ingest refuses it; `text` cannot): unknown.
+    if profile_id.contains('\0') {
+        let profiles = BTreeSet::from([Arc::from(profile_id)]);
+        return Ok((
+            Vec::new(),
+            Component {
+                profiles,
+                ..Component::default()
+            },
+        ));
+    }
+    let component = component(client, BTreeSet::from([Arc::from(profile_id)]))?;
     let ids: Vec<&str> = component.profiles.iter().map(|p| &**p).collect();
     let rows = client.query(
         "SELECT seq, event_type, received_at, body FROM events \
