@@ -45,6 +45,13 @@ impl Status {
         });
     }
 
+    /// The index changed without a newer feed row: wakes the watchers all the same
+    /// (`wait_for` re-reads the index). PostgreSQL's follower needs it: it may see a feed
+    /// row committed by a transaction whose rows its index shows only at a later read.
+    pub fn index_changed(&self) {
+        self.newest_change.send_modify(|_| {});
+    }
+
     /// Events up to `seq` are on disk and answered.
     pub fn release_events(&self, seq: i64) {
         self.released_event.fetch_max(seq, Ordering::AcqRel);

@@ -333,8 +333,14 @@ impl Follower {
         }
         let marks = Marks::read(&mut tx, p)?;
         tx.commit()?;
+        let changed = !changes.is_empty();
         self.index.apply(changes);
         marks.record(&self.status);
+        // The feed's newest row may have been recorded at an earlier read, before this
+        // one brought the rows of its transaction: wake whoever waits on the index.
+        if changed {
+            self.status.index_changed();
+        }
         self.horizon = horizon;
         Ok(())
     }
